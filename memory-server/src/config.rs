@@ -1,0 +1,149 @@
+//! Command line and environment, parsed once into [`Command`] and [`DaemonConfig`]; the
+//! rest of the program trusts these values.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const DEFAULT_PORT: u16 = 3100;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "memory-server",
+    version,
+    about = "Shared MCP memory daemon: the knowledge-graph tools of @modelcontextprotocol/server-memory over \
+             streamable HTTP, stored in per-project SQLite databases.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<CommandArgs>,
+    /// Options of `serve`, which runs when no command is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandArgs {
+    /// Serve MCP over streamable HTTP on /mcp (the default command).
+    Serve(ServeArgs),
+    /// Serve the same tools over stdio (newline-delimited JSON-RPC), as a drop-in for
+    /// `npx @modelcontextprotocol/server-memory`.
+    Stdio(StdioArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TCP port to listen on.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Address to bind. Anything but a loopback address requires --token.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+    /// Require `Authorization: Bearer <TOKEN>` on every request.
+    #[arg(long, env = "MEMORY_SERVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds without a request (and without an open GET stream) after which a session expires.
+    #[arg(long, default_value_t = 3600)]
+    pub session_idle_secs: u64,
+    /// Largest accepted request body; larger ones get 413.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StdioArgs {
+    /// Project directory whose `.claude/memory.db` to use (default: the global DB).
+    #[arg(long)]
+    pub project: Option<String>,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+    pub session_idle: Duration,
+    pub max_body_bytes: usize,
+    pub global_db: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "refusing to listen on {0} without a token: anyone who can reach it could read and change the memory. \
+         Pass --token T (or set MEMORY_SERVER_TOKEN), or bind 127.0.0.1"
+    )]
+    PublicWithoutToken(IpAddr),
+    #[error("--token must not be empty")]
+    EmptyToken,
+    #[error("cannot find the global database: set MEMORY_DB_PATH or HOME")]
+    NoHome,
+    #[error("--session-idle-secs must be at least 1")]
+    ZeroIdle,
+}
+
+impl DaemonConfig {
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let token = args.token.clone().filter(|t| !t.is_empty());
+        if args.token.is_some() && token.is_none() {
+            return Err(ConfigError::EmptyToken);
+        }
+        if !args.bind.is_loopback() && token.is_none() {
+            return Err(ConfigError::PublicWithoutToken(args.bind));
+        }
+        if args.session_idle_secs == 0 {
+            return Err(ConfigError::ZeroIdle);
+        }
+        Ok(DaemonConfig {
+            addr: SocketAddr::new(args.bind, args.port),
+            token,
+            session_idle: Duration::from_secs(args.session_idle_secs),
+            max_body_bytes: args.max_body_bytes,
+            global_db: global_db_path()?,
+        })
+    }
+}
+
+/// `MEMORY_DB_PATH`, else `~/.claude/memory.db`.
+pub fn global_db_path() -> Result<PathBuf, ConfigError> {
+    if let Some(p) = std::env::var_os("MEMORY_DB_PATH").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or(ConfigError::NoHome)?;
+    Ok(PathBuf::from(home).join(".claude").join("memory.db"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(std::iter::once("memory-server").chain(args.iter().copied())).unwrap();
+        match cli.command {
+            Some(CommandArgs::Serve(a)) => a,
+            None => cli.serve,
+            Some(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_serve_loopback_3100() {
+        let a = serve(&[]);
+        assert_eq!(a.port, 3100);
+        assert!(a.bind.is_loopback());
+        assert_eq!(serve(&["serve", "--port", "4000"]).port, 4000);
+        assert_eq!(serve(&["--port", "4001"]).port, 4001);
+    }
+
+    #[test]
+    fn public_bind_needs_a_token() {
+        let mut a = serve(&["--bind", "0.0.0.0"]);
+        a.token = None;
+        assert!(matches!(DaemonConfig::from_args(&a), Err(ConfigError::PublicWithoutToken(_))));
+        a.token = Some("secret".into());
+        assert!(DaemonConfig::from_args(&a).is_ok());
+    }
+}

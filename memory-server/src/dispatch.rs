@@ -1,0 +1,148 @@
+//! MCP method dispatch, shared by the HTTP and stdio transports: one request in, one
+//! result or [`RpcError`] out. The request's project comes from the task-local set by
+//! the transport (see `routing`), its session (if any) from the caller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::protocol::{LATEST_VERSION, RpcError, code, supported_version};
+use crate::routing::Router;
+use crate::session::{Session, SessionRegistry};
+use crate::store::{Store, StoreError, graph};
+use crate::tools::{self, GRAPH_RESOURCE_URI, ToolCall};
+
+const LOG_LEVELS: &[&str] = &["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+
+pub struct McpServer {
+    pub router: Router,
+    pub sessions: SessionRegistry,
+    started: Instant,
+}
+
+impl McpServer {
+    pub fn new(router: Router, session_idle: Duration) -> Self {
+        Self { router, sessions: SessionRegistry::new(session_idle), started: Instant::now() }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Answers `initialize`: echoes a supported requested version, else offers the
+    /// latest. Returns the result and the negotiated version.
+    pub fn initialize(params: Option<&Value>) -> Result<(Value, &'static str), RpcError> {
+        let requested = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpcError::invalid_params("initialize needs params.protocolVersion (a string)"))?;
+        let version = supported_version(requested).unwrap_or(LATEST_VERSION);
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {
+                "tools": { "listChanged": false },
+                "resources": { "subscribe": true, "listChanged": false },
+                "logging": {},
+            },
+            "serverInfo": {
+                "name": "memory-server",
+                "title": "Memory (shared SQLite daemon)",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+        });
+        Ok((result, version))
+    }
+
+    /// Serves one request other than `initialize`.
+    pub async fn handle(
+        &self,
+        session: Option<&Arc<Session>>,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, RpcError> {
+        let params = params.unwrap_or(Value::Null);
+        match method {
+            "ping" => Ok(json!({})),
+            "tools/list" => Ok(tools::catalog().clone()),
+            "tools/call" => self.call_tool(&params).await,
+            "resources/list" => Ok(tools::resource_list()),
+            "resources/templates/list" => Ok(json!({ "resourceTemplates": [] })),
+            "resources/read" => {
+                graph_uri(&params)?;
+                let store = self.store().await?;
+                let graph = tokio::task::spawn_blocking(move || store.read(graph::read_graph))
+                    .await
+                    .map_err(|e| RpcError::internal(format!("read panicked: {e}")))?
+                    .map_err(|e| RpcError::internal(e.to_string()))?;
+                tools::resource_contents(&graph)
+            }
+            "resources/subscribe" | "resources/unsubscribe" => {
+                graph_uri(&params)?;
+                let session = session.ok_or_else(|| {
+                    RpcError::invalid_request(format!(
+                        "{method} needs a session: send initialize first and then the Mcp-Session-Id header"
+                    ))
+                })?;
+                let store = self.store().await?;
+                if method == "resources/subscribe" {
+                    session.subscribe(&store);
+                } else {
+                    session.unsubscribe(&store);
+                }
+                Ok(json!({}))
+            }
+            "logging/setLevel" => match params.get("level").and_then(Value::as_str) {
+                Some(level) if LOG_LEVELS.contains(&level) => Ok(json!({})),
+                _ => Err(RpcError::invalid_params(format!(
+                    "logging/setLevel needs params.level, one of {}",
+                    LOG_LEVELS.join(", ")
+                ))),
+            },
+            "initialize" => Err(RpcError::invalid_request("initialize must be sent on its own, not in a batch")),
+            _ => Err(RpcError::method_not_found(method)),
+        }
+    }
+
+    async fn call_tool(&self, params: &Value) -> Result<Value, RpcError> {
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| RpcError::invalid_params("tools/call needs params.name (a string)"))?;
+        let empty = json!({});
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => &empty,
+            Some(args @ Value::Object(_)) => args,
+            Some(_) => return Err(RpcError::invalid_params("tools/call params.arguments must be an object")),
+        };
+        let call = match ToolCall::parse(name, arguments)? {
+            Ok(call) => call,
+            Err(error_result) => return Ok(error_result),
+        };
+        match self.router.current_store().await {
+            Ok(store) => tools::run(call, store).await,
+            Err(e) => Ok(store_error_result(&e)),
+        }
+    }
+
+    async fn store(&self) -> Result<Arc<Store>, RpcError> {
+        self.router.current_store().await.map_err(|e| RpcError::internal(e.to_string()))
+    }
+}
+
+fn graph_uri(params: &Value) -> Result<(), RpcError> {
+    match params.get("uri").and_then(Value::as_str) {
+        Some(GRAPH_RESOURCE_URI) => Ok(()),
+        Some(other) => Err(RpcError {
+            code: code::RESOURCE_NOT_FOUND,
+            message: format!("Resource not found: {other} (this server has {GRAPH_RESOURCE_URI})"),
+            data: Some(json!({ "uri": other })),
+        }),
+        None => Err(RpcError::invalid_params("params.uri (a string) is required")),
+    }
+}
+
+fn store_error_result(e: &StoreError) -> Value {
+    tracing::error!(error = %e, "could not open the memory database");
+    json!({ "content": [{ "type": "text", "text": e.to_string() }], "isError": true })
+}

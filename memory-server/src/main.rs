@@ -1,0 +1,58 @@
+//! `memory-server`: parse the command line, set up logging on stderr, run a command.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use memory_server::config::{Cli, CommandArgs, DaemonConfig, global_db_path};
+use memory_server::dispatch::McpServer;
+use memory_server::routing::{ProjectPath, Router};
+use memory_server::{serve, transport};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    let result = match cli.command {
+        None => runtime.block_on(run_serve(&cli.serve)),
+        Some(CommandArgs::Serve(args)) => runtime.block_on(run_serve(&args)),
+        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(args.project.as_deref())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+async fn run_serve(args: &memory_server::config::ServeArgs) -> Result<(), String> {
+    let config = DaemonConfig::from_args(args).map_err(|e| e.to_string())?;
+    serve::serve(config).await.map_err(|e| e.to_string())
+}
+
+async fn run_stdio(project: Option<&str>) -> Result<(), String> {
+    let project = project.map(ProjectPath::from_dir).transpose().map_err(|e| format!("--project: {e}"))?;
+    let global = global_db_path().map_err(|e| e.to_string())?;
+    let server = Arc::new(McpServer::new(Router::new(global), std::time::Duration::from_secs(3600)));
+    transport::stdio::run(server, project).await.map_err(|e| format!("stdio: {e}"))
+}
+
+/// Logs go to stderr (stdout is protocol in stdio mode); `RUST_LOG` overrides the level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("memory-server: {message}");
+    ExitCode::FAILURE
+}

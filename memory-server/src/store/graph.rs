@@ -1,0 +1,224 @@
+//! The nine memory operations as SQL over one connection or transaction.
+//! Reads run a constant number of statements however many entities they return
+//! (sets of names travel as one JSON array through `json_each`); writes are called
+//! inside the caller's `BEGIN IMMEDIATE` transaction.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::model::{AddedObservations, Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// The official server's wording, which clients may match on.
+    #[error("Entity with name {0} not found")]
+    EntityNotFound(String),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Queries shorter than this many characters cannot be answered by a trigram index.
+const TRIGRAM: usize = 3;
+
+pub fn create_entities(conn: &Connection, entities: &[Entity]) -> Result<Vec<Entity>, GraphError> {
+    let mut insert_entity =
+        conn.prepare_cached("INSERT OR IGNORE INTO entities (name, entity_type) VALUES (?1, ?2)")?;
+    let mut insert_obs =
+        conn.prepare_cached("INSERT OR IGNORE INTO observations (entity_name, content) VALUES (?1, ?2)")?;
+    let mut created = Vec::new();
+    for entity in entities {
+        if insert_entity.execute(params![entity.name, entity.entity_type])? == 0 {
+            continue; // exists already, or repeated within this call
+        }
+        // The result shows what was stored: contents repeated within the entity once.
+        let mut stored = Vec::with_capacity(entity.observations.len());
+        for content in &entity.observations {
+            if insert_obs.execute(params![entity.name, content])? == 1 {
+                stored.push(content.clone());
+            }
+        }
+        created.push(Entity {
+            name: entity.name.clone(),
+            entity_type: entity.entity_type.clone(),
+            observations: stored,
+        });
+    }
+    Ok(created)
+}
+
+pub fn create_relations(conn: &Connection, relations: &[Relation]) -> Result<Vec<Relation>, GraphError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO relations (from_entity, to_entity, relation_type) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut created = Vec::new();
+    for r in relations {
+        if insert.execute(params![r.from, r.to, r.relation_type])? == 1 {
+            created.push(r.clone());
+        }
+    }
+    Ok(created)
+}
+
+pub fn add_observations(
+    conn: &Connection,
+    additions: &[ObservationAddition],
+) -> Result<Vec<AddedObservations>, GraphError> {
+    let mut exists = conn.prepare_cached("SELECT 1 FROM entities WHERE name = ?1")?;
+    let mut insert =
+        conn.prepare_cached("INSERT OR IGNORE INTO observations (entity_name, content) VALUES (?1, ?2)")?;
+    let mut results = Vec::with_capacity(additions.len());
+    for add in additions {
+        if exists.query_row([&add.entity_name], |_| Ok(())).optional()?.is_none() {
+            // The caller's transaction is rolled back: nothing of this call is written.
+            return Err(GraphError::EntityNotFound(add.entity_name.clone()));
+        }
+        let mut added = Vec::new();
+        for content in &add.contents {
+            if insert.execute(params![add.entity_name, content])? == 1 {
+                added.push(content.clone());
+            }
+        }
+        results.push(AddedObservations { entity_name: add.entity_name.clone(), added_observations: added });
+    }
+    Ok(results)
+}
+
+pub fn delete_entities(conn: &Connection, names: &[String]) -> Result<(), GraphError> {
+    let mut del_obs = conn.prepare_cached("DELETE FROM observations WHERE entity_name = ?1")?;
+    let mut del_rel = conn.prepare_cached("DELETE FROM relations WHERE from_entity = ?1 OR to_entity = ?1")?;
+    let mut del_entity = conn.prepare_cached("DELETE FROM entities WHERE name = ?1")?;
+    for name in names {
+        del_obs.execute([name])?;
+        del_rel.execute([name])?;
+        del_entity.execute([name])?;
+    }
+    Ok(())
+}
+
+pub fn delete_observations(conn: &Connection, deletions: &[ObservationDeletion]) -> Result<(), GraphError> {
+    let mut del = conn.prepare_cached("DELETE FROM observations WHERE entity_name = ?1 AND content = ?2")?;
+    for d in deletions {
+        for content in &d.observations {
+            del.execute(params![d.entity_name, content])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn delete_relations(conn: &Connection, relations: &[Relation]) -> Result<(), GraphError> {
+    let mut del =
+        conn.prepare_cached("DELETE FROM relations WHERE from_entity = ?1 AND to_entity = ?2 AND relation_type = ?3")?;
+    for r in relations {
+        del.execute(params![r.from, r.to, r.relation_type])?;
+    }
+    Ok(())
+}
+
+/// The whole graph: entities in insertion order, each with its observations in insertion
+/// order, then relations in insertion order. Three statements.
+pub fn read_graph(conn: &Connection) -> Result<KnowledgeGraph, GraphError> {
+    let mut ents = conn.prepare_cached("SELECT name, entity_type FROM entities ORDER BY rowid")?;
+    let entities = collect_entities(ents.query([])?)?;
+    let mut obs = conn.prepare_cached("SELECT entity_name, content FROM observations ORDER BY id")?;
+    let entities = attach_observations(entities, obs.query([])?)?;
+    let mut rels = conn.prepare_cached("SELECT from_entity, to_entity, relation_type FROM relations ORDER BY id")?;
+    let relations = collect_relations(rels.query([])?)?;
+    Ok(KnowledgeGraph { entities, relations })
+}
+
+/// The named entities that exist (in graph order) and every relation with at least one
+/// endpoint among them. Three statements, whatever the number of names.
+pub fn open_nodes(conn: &Connection, names: &[String]) -> Result<KnowledgeGraph, GraphError> {
+    let names = serde_json::to_string(names).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    subgraph(conn, &names)
+}
+
+/// Entities whose name, type or any observation contains `query`, compared lower-cased as
+/// JavaScript's `toLowerCase` does, plus the relations touching them (an empty query matches every entity). The trigram index
+/// answers queries of three or more characters exactly; shorter ones scan (they match
+/// most of the graph anyway). Four statements at most.
+pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, GraphError> {
+    let needle = query.to_lowercase();
+    let names: String = if needle.is_empty() {
+        // Everything matches, but (as in the official server) relations between two
+        // entities that do not exist are still left out, so this is not read_graph.
+        let mut stmt = conn.prepare_cached("SELECT json_group_array(name) FROM entities")?;
+        stmt.query_row([], |row| row.get(0))?
+    } else if needle.chars().count() >= TRIGRAM {
+        let phrase = format!("\"{}\"", needle.replace('"', "\"\""));
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_group_array(name) FROM (
+                SELECT name FROM entities
+                 WHERE rowid IN (SELECT rowid FROM entity_fts WHERE entity_fts MATCH ?1)
+                UNION
+                SELECT entity_name FROM observations
+                 WHERE id IN (SELECT rowid FROM observation_fts WHERE observation_fts MATCH ?1)
+            )",
+        )?;
+        stmt.query_row([phrase], |row| row.get(0))?
+    } else {
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_group_array(name) FROM (
+                SELECT name FROM entities
+                 WHERE instr(lower(name), ?1) > 0 OR instr(lower(entity_type), ?1) > 0
+                UNION
+                SELECT entity_name FROM observations WHERE instr(lower(content), ?1) > 0
+            )",
+        )?;
+        stmt.query_row([needle], |row| row.get(0))?
+    };
+    subgraph(conn, &names)
+}
+
+/// Entities named in the JSON array `names`, their observations, and the relations with
+/// at least one endpoint among them.
+fn subgraph(conn: &Connection, names: &str) -> Result<KnowledgeGraph, GraphError> {
+    let mut ents = conn.prepare_cached(
+        "SELECT name, entity_type FROM entities
+          WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY rowid",
+    )?;
+    let entities = collect_entities(ents.query([names])?)?;
+    let mut obs = conn.prepare_cached(
+        "SELECT entity_name, content FROM observations
+          WHERE entity_name IN (SELECT value FROM json_each(?1)) ORDER BY id",
+    )?;
+    let entities = attach_observations(entities, obs.query([names])?)?;
+    let mut rels = conn.prepare_cached(
+        "SELECT from_entity, to_entity, relation_type FROM relations
+          WHERE from_entity IN (SELECT name FROM entities WHERE name IN (SELECT value FROM json_each(?1)))
+             OR to_entity IN (SELECT name FROM entities WHERE name IN (SELECT value FROM json_each(?1)))
+          ORDER BY id",
+    )?;
+    let relations = collect_relations(rels.query([names])?)?;
+    Ok(KnowledgeGraph { entities, relations })
+}
+
+fn collect_entities(mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Entity>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(Entity { name: row.get(0)?, entity_type: row.get(1)?, observations: Vec::new() });
+    }
+    Ok(out)
+}
+
+/// Distributes observation rows (ordered by id) to their entities; rows of entities not
+/// in `entities` (orphans another writer may have left) are ignored.
+fn attach_observations(mut entities: Vec<Entity>, mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Entity>> {
+    let index: HashMap<String, usize> = entities.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+    while let Some(row) = rows.next()? {
+        let name = row.get_ref(0)?.as_str()?;
+        if let Some(&i) = index.get(name) {
+            entities[i].observations.push(row.get(1)?);
+        }
+    }
+    Ok(entities)
+}
+
+fn collect_relations(mut rows: rusqlite::Rows<'_>) -> rusqlite::Result<Vec<Relation>> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(Relation { from: row.get(0)?, to: row.get(1)?, relation_type: row.get(2)? });
+    }
+    Ok(out)
+}

@@ -1,0 +1,335 @@
+//! One SQLite memory database: a single writer connection behind a mutex (writes are
+//! serialised in-process so only one connection per process ever waits on SQLite's
+//! lock) and an r2d2 pool of readers. All methods block; callers run them on
+//! `spawn_blocking` threads.
+
+pub mod graph;
+pub mod migrate;
+pub mod model;
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use tokio::sync::broadcast;
+
+pub use graph::GraphError;
+
+/// How long one write waits for another process's lock before giving up. SQLite's own
+/// busy handler covers 5 s (`busy_timeout`); we retry `BEGIN IMMEDIATE` beyond that
+/// so a burst of writers in several processes never surfaces `SQLITE_BUSY`.
+const WRITE_DEADLINE: Duration = Duration::from_secs(60);
+const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path}: schema version {found} is newer than this memory-server understands (up to {known}); \
+         upgrade memory-server. The file was not modified"
+    )]
+    TooNew { path: PathBuf, found: u32, known: u32 },
+    #[error("{path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: connection pool: {source}")]
+    Pool { path: PathBuf, source: r2d2::Error },
+    #[error("{path}: database stayed locked by another process for {secs} s", secs = WRITE_DEADLINE.as_secs())]
+    Locked { path: PathBuf },
+    #[error(transparent)]
+    Graph(GraphError),
+}
+
+impl StoreError {
+    /// Whether the failure comes from the file or the OS refusing access, which routing
+    /// answers by falling back to the global database.
+    pub fn is_permission(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+            }
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    changes: broadcast::Sender<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let sqlite = |source| StoreError::Sqlite { path: path.to_owned(), source };
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir).map_err(|source| StoreError::Io { path: dir.to_owned(), source })?;
+        }
+        refuse_newer(path)?;
+        create_private_file(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+
+        let mut writer = Connection::open(path).map_err(sqlite)?;
+        configure(&mut writer).map_err(sqlite)?;
+        let applied = migrate::migrate(&mut writer).map_err(|e| match e {
+            migrate::MigrateError::TooNew { found, known } => {
+                StoreError::TooNew { path: path.to_owned(), found, known }
+            }
+            migrate::MigrateError::Sqlite(source) => sqlite(source),
+        })?;
+        for name in applied {
+            tracing::info!(db = %path.display(), migration = name, "migration applied");
+        }
+
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .with_init(configure);
+        let readers = r2d2::Pool::builder()
+            .max_size(reader_pool_size())
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .build(manager)
+            .map_err(|source| StoreError::Pool { path: path.to_owned(), source })?;
+        let (changes, _) = broadcast::channel(16);
+        Ok(Store { path: path.to_owned(), writer: Mutex::new(writer), readers, changes })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it. `f` may run more
+    /// than once if another process holds the lock past the busy timeout, so it must
+    /// only touch the transaction. Subscribers are told when rows changed.
+    pub fn write<T>(&self, mut f: impl FnMut(&Connection) -> Result<T, GraphError>) -> Result<T, StoreError> {
+        // A panic while holding the lock cannot leave a transaction open (the
+        // Transaction guard rolls back on drop), so a poisoned lock is safe to reuse.
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let before = conn.total_changes();
+            match run_write(&mut conn, &mut f) {
+                Ok(value) => {
+                    if conn.total_changes() != before {
+                        let _ = self.changes.send(());
+                    }
+                    return Ok(value);
+                }
+                Err(GraphError::Sqlite(e)) if is_busy(&e) && Instant::now() < deadline => {
+                    tracing::debug!(db = %self.path.display(), "write lock busy, retrying");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(GraphError::Sqlite(e)) if is_busy(&e) => {
+                    return Err(StoreError::Locked { path: self.path.clone() });
+                }
+                Err(GraphError::Sqlite(source)) => {
+                    return Err(StoreError::Sqlite { path: self.path.clone(), source });
+                }
+                Err(e) => return Err(StoreError::Graph(e)),
+            }
+        }
+    }
+
+    /// Runs `f` on a pooled reader inside one read transaction, so the statements of
+    /// one tool call see one snapshot.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, GraphError>) -> Result<T, StoreError> {
+        let mut conn = self.readers.get().map_err(|source| StoreError::Pool { path: self.path.clone(), source })?;
+        let sqlite = |source| StoreError::Sqlite { path: self.path.clone(), source };
+        let tx = conn.transaction().map_err(sqlite)?;
+        let value = f(&tx).map_err(|e| match e {
+            GraphError::Sqlite(source) => StoreError::Sqlite { path: self.path.clone(), source },
+            e => StoreError::Graph(e),
+        })?;
+        tx.finish().map_err(sqlite)?;
+        Ok(value)
+    }
+
+    /// A receiver that yields once per committed change (coalesced when it lags).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<()> {
+        self.changes.subscribe()
+    }
+
+    /// Folds the WAL back into the main file; called at shutdown.
+    pub fn checkpoint(&self) {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(db = %self.path.display(), error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+fn run_write<T>(
+    conn: &mut Connection,
+    f: &mut impl FnMut(&Connection) -> Result<T, GraphError>,
+) -> Result<T, GraphError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+/// Readers: enough for every core to be busy plus some waiting on I/O.
+fn reader_pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores * 2).clamp(4, 16) as u32
+}
+
+/// Per-connection settings. `foreign_keys` is switched off explicitly: the bundled
+/// SQLite enables it by default, but relations may name entities that do not exist.
+fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "could not switch the database to WAL mode");
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    register_js_lower(conn)
+}
+
+/// Overrides SQL `lower()` with Unicode lower-casing as JavaScript's `toLowerCase` does
+/// it (Rust's `str::to_lowercase` follows the same Unicode rules, final sigma included);
+/// the built-in one folds ASCII only. The search index triggers call it.
+fn register_js_lower(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "lower",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Text(bytes) => SqlValue::Text(String::from_utf8_lossy(bytes).to_lowercase()),
+                ValueRef::Null => SqlValue::Null,
+                ValueRef::Integer(i) => SqlValue::Integer(i),
+                ValueRef::Real(r) => SqlValue::Real(r),
+                ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+            })
+        },
+    )
+}
+
+/// Refuses a database from a newer binary without modifying it: opened read-only, so
+/// not even the journal mode changes.
+fn refuse_newer(path: &Path) -> Result<(), StoreError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let sqlite = |source| StoreError::Sqlite { path: path.to_owned(), source };
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite)?;
+    let found = migrate::user_version(&conn).map_err(sqlite)?;
+    let known = migrate::latest_version();
+    if found > known {
+        return Err(StoreError::TooNew { path: path.to_owned(), found, known });
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and parents) readable by the user only when it does not exist.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Creates the DB file with mode 0600 before SQLite does (SQLite would use 0644);
+/// its -wal and -shm files inherit the mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::Entity;
+
+    fn entity(name: &str, ty: &str, obs: &[&str]) -> Entity {
+        Entity { name: name.into(), entity_type: ty.into(), observations: obs.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn creates_private_files_and_migrates() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/.claude/memory.db");
+        let store = Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dmode, 0o700);
+        let v = store.read(|c| Ok(migrate::user_version(c)?)).unwrap();
+        assert_eq!(v, migrate::latest_version());
+    }
+
+    #[test]
+    fn js_lower_is_unicode_aware_in_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).unwrap();
+        let s: String = store.read(|c| Ok(c.query_row("SELECT lower('ÄÖÜ ΟΔΟΣ İ')", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(s, "äöü οδος i\u{307}");
+    }
+
+    #[test]
+    fn failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).unwrap();
+        store.write(|c| graph::create_entities(c, &[entity("a", "t", &[])])).unwrap();
+        let err = store
+            .write(|c| {
+                graph::add_observations(
+                    c,
+                    &[
+                        model::ObservationAddition { entity_name: "a".into(), contents: vec!["x".into()] },
+                        model::ObservationAddition { entity_name: "missing".into(), contents: vec!["y".into()] },
+                    ],
+                )
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "Entity with name missing not found");
+        let g = store.read(graph::read_graph).unwrap();
+        assert!(g.entities[0].observations.is_empty());
+    }
+
+    #[test]
+    fn refuses_a_newer_schema_without_touching_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE x(a); PRAGMA user_version = 99;").unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+        assert!(err.to_string().contains("newer"));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert!(!dir.path().join("m.db-wal").exists());
+    }
+}

@@ -1,0 +1,310 @@
+//! MCP streamable HTTP on `/mcp` (POST messages, GET server stream, DELETE session) plus
+//! `/health`. This is the edge: headers and bodies are validated here and every failure
+//! is mapped once to an HTTP status and a JSON-RPC error body.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router as AxumRouter;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::stream::{self, Stream};
+use serde_json::{Value, json};
+
+use super::guard::guard;
+use crate::config::DaemonConfig;
+use crate::dispatch::McpServer;
+use crate::protocol::{
+    Message, RequestId, RpcError, SESSION_VERSIONS, error_response, parse_json, response, supported_version,
+    version_allows_batch,
+};
+use crate::routing::{PROJECT_HEADER, ProjectPath, with_project};
+use crate::session::{Session, StreamGuard};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+/// MCP's error code for an unknown session (as the official SDKs send it).
+const SESSION_NOT_FOUND: i64 = -32001;
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub server: Arc<McpServer>,
+    pub config: Arc<DaemonConfig>,
+}
+
+pub fn app(state: AppState) -> AxumRouter {
+    let mcp = AxumRouter::new()
+        .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
+        .layer(middleware::from_fn(project_scope));
+    AxumRouter::new()
+        .merge(mcp)
+        .route("/health", get(health))
+        .route("/ping", get(health))
+        .layer(middleware::from_fn_with_state(state.config.clone(), guard))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Parses `Mcp-Project-Path` once and runs the request inside its task-local scope.
+async fn project_scope(req: Request, next: Next) -> Response {
+    let project = match req.headers().get(PROJECT_HEADER) {
+        None => None,
+        Some(raw) => match ProjectPath::from_header(raw.as_bytes()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return rpc_error_response(StatusCode::BAD_REQUEST, None, &RpcError::invalid_request(e.to_string()));
+            }
+        },
+    };
+    with_project(project, next.run(req)).await
+}
+
+async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !is_json_content_type(&headers) {
+        return rpc_error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+            &RpcError::invalid_request("Unsupported Media Type: Content-Type must be application/json"),
+        );
+    }
+    let Some(reply_as) = negotiate_reply(&headers) else {
+        return rpc_error_response(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            &RpcError::invalid_request("Not Acceptable: Accept must allow application/json or text/event-stream"),
+        );
+    };
+    let header_version = match protocol_version_header(&headers) {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let session = match lookup_session(&st, &headers) {
+        Ok(s) => s,
+        Err(resp) => return resp,
+    };
+    let value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(e) => return rpc_error_response(StatusCode::BAD_REQUEST, None, &e),
+    };
+
+    match value {
+        Value::Array(items) => {
+            let version = session.as_ref().map(|s| s.protocol_version()).or(header_version);
+            if let Some(v) = version.filter(|v| !version_allows_batch(v)) {
+                let e =
+                    RpcError::invalid_request(format!("Invalid request: protocol version {v} does not allow batches"));
+                return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
+            }
+            if items.is_empty() {
+                let e = RpcError::invalid_request("Invalid request: empty batch");
+                return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
+            }
+            let mut replies = Vec::new();
+            for item in items {
+                if let Some(reply) = serve_message(&st, session.as_ref(), item).await {
+                    replies.push(reply);
+                }
+            }
+            if replies.is_empty() { accepted() } else { reply_as.respond(StatusCode::OK, Value::Array(replies)) }
+        }
+        value => match Message::from_value(value) {
+            Err((id, e)) => rpc_error_response(StatusCode::BAD_REQUEST, id.as_ref(), &e),
+            Ok(Message::Request { id, method, params }) if method == "initialize" => {
+                initialize(&st, &id, params.as_ref(), reply_as)
+            }
+            Ok(message) => match serve(&st, session.as_ref(), message).await {
+                Some(reply) => reply_as.respond(StatusCode::OK, reply),
+                None => accepted(),
+            },
+        },
+    }
+}
+
+/// `initialize` creates a session and answers with its id in `Mcp-Session-Id`.
+fn initialize(st: &AppState, id: &RequestId, params: Option<&Value>, reply_as: ReplyFormat) -> Response {
+    match McpServer::initialize(params) {
+        Ok((result, version)) => {
+            let session = st.server.sessions.create(version);
+            let mut resp = reply_as.respond(StatusCode::OK, response(id, result));
+            if let Ok(v) = HeaderValue::from_str(session.id()) {
+                resp.headers_mut().insert(SESSION_HEADER, v);
+            }
+            resp
+        }
+        Err(e) => reply_as.respond(StatusCode::OK, error_response(Some(id), &e)),
+    }
+}
+
+/// One message of a batch: an envelope error becomes an error entry.
+async fn serve_message(st: &AppState, session: Option<&Arc<Session>>, value: Value) -> Option<Value> {
+    match Message::from_value(value) {
+        Err((id, e)) => Some(error_response(id.as_ref(), &e)),
+        Ok(message) => serve(st, session, message).await,
+    }
+}
+
+/// Serves one message; `None` for notifications and client responses.
+async fn serve(st: &AppState, session: Option<&Arc<Session>>, message: Message) -> Option<Value> {
+    match message {
+        Message::Request { id, method, params } => {
+            tracing::debug!(%method, session = session.map(|s| s.id()), "request");
+            Some(match st.server.handle(session, &method, params).await {
+                Ok(result) => response(&id, result),
+                Err(e) => error_response(Some(&id), &e),
+            })
+        }
+        Message::Notification { method, .. } => {
+            tracing::debug!(%method, "notification");
+            None
+        }
+        Message::Response { .. } => None,
+    }
+}
+
+async fn get_mcp(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if !accepts(&headers, "text/event-stream") {
+        return rpc_error_response(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            &RpcError::invalid_request("Not Acceptable: GET /mcp needs Accept: text/event-stream"),
+        );
+    }
+    if let Err(resp) = protocol_version_header(&headers) {
+        return resp;
+    }
+    let session = match lookup_session(&st, &headers) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return rpc_error_response(
+                StatusCode::BAD_REQUEST,
+                None,
+                &RpcError::invalid_request("Bad Request: GET /mcp needs an Mcp-Session-Id (send initialize first)"),
+            );
+        }
+        Err(resp) => return resp,
+    };
+    Sse::new(event_stream(session.open_stream())).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
+
+fn event_stream(guard: StreamGuard) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(guard, |mut guard| async move {
+        let message = guard.rx.recv().await?;
+        Some((Ok(Event::default().event("message").data(message.to_string())), guard))
+    })
+}
+
+async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+        return rpc_error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            &RpcError::invalid_request("Bad Request: DELETE /mcp needs an Mcp-Session-Id"),
+        );
+    };
+    if st.server.sessions.remove(id) { StatusCode::OK.into_response() } else { session_not_found() }
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    axum::Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": st.server.uptime().as_secs(),
+        "open_stores": st.server.router.registry().open_count(),
+        "live_sessions": st.server.sessions.len(),
+        "listen_streams": 0,
+        "global_db": st.server.router.global_db().display().to_string(),
+    }))
+    .into_response()
+}
+
+fn lookup_session(st: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Session>>, Response> {
+    let Some(raw) = headers.get(SESSION_HEADER) else { return Ok(None) };
+    let id = raw.to_str().map_err(|_| session_not_found())?;
+    st.server.sessions.touch(id).map(Some).ok_or_else(session_not_found)
+}
+
+fn session_not_found() -> Response {
+    rpc_error_response(
+        StatusCode::NOT_FOUND,
+        None,
+        &RpcError::new(SESSION_NOT_FOUND, "Session not found: it expired or was deleted; initialize again"),
+    )
+}
+
+/// `MCP-Protocol-Version`, when present, must name a version we speak.
+fn protocol_version_header(headers: &HeaderMap) -> Result<Option<&'static str>, Response> {
+    let Some(raw) = headers.get(VERSION_HEADER) else { return Ok(None) };
+    let text = raw.to_str().unwrap_or("");
+    supported_version(text).map(Some).ok_or_else(|| {
+        rpc_error_response(
+            StatusCode::BAD_REQUEST,
+            None,
+            &RpcError::invalid_request(format!(
+                "Bad Request: unsupported MCP-Protocol-Version {text:?} (supported: {})",
+                SESSION_VERSIONS.join(", ")
+            )),
+        )
+    })
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// How a POST's answer is framed: JSON unless the client only accepts an event stream.
+#[derive(Clone, Copy)]
+enum ReplyFormat {
+    Json,
+    EventStream,
+}
+
+impl ReplyFormat {
+    fn respond(self, status: StatusCode, body: Value) -> Response {
+        match self {
+            ReplyFormat::Json => (status, axum::Json(body)).into_response(),
+            ReplyFormat::EventStream => {
+                let event = format!("event: message\ndata: {body}\n\n");
+                (status, [(header::CONTENT_TYPE, "text/event-stream")], event).into_response()
+            }
+        }
+    }
+}
+
+/// A missing `Accept` or `*/*` gets JSON so plain `curl` works.
+fn negotiate_reply(headers: &HeaderMap) -> Option<ReplyFormat> {
+    if headers.get(header::ACCEPT).is_none() || accepts(headers, "application/json") {
+        Some(ReplyFormat::Json)
+    } else if accepts(headers, "text/event-stream") {
+        Some(ReplyFormat::EventStream)
+    } else {
+        None
+    }
+}
+
+fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+    let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
+        let range = range.split(';').next().unwrap_or("").trim();
+        range == "*/*" || range.eq_ignore_ascii_case(mime) || range.eq_ignore_ascii_case(&format!("{kind}/*"))
+    })
+}
+
+fn accepted() -> Response {
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// The single place where an error becomes an HTTP response.
+pub fn rpc_error_response(status: StatusCode, id: Option<&RequestId>, err: &RpcError) -> Response {
+    (status, axum::Json(error_response(id, err))).into_response()
+}

@@ -1,0 +1,7 @@
+//! The two ways clients reach the dispatcher: streamable HTTP (the shared daemon) and
+//! stdio (a drop-in for the official stdio server). Both only frame messages; the MCP
+//! logic lives in `dispatch`.
+
+pub mod guard;
+pub mod http;
+pub mod stdio;

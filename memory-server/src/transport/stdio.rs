@@ -1,0 +1,91 @@
+//! MCP over stdio: newline-delimited JSON-RPC on stdin/stdout, one process per client.
+//! stdout carries protocol only (logs go to stderr); an unparseable line gets a parse
+//! error with id null and the loop goes on; EOF ends the process with status 0.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::dispatch::McpServer;
+use crate::protocol::{Message, error_response, parse_json, response};
+use crate::routing::{ProjectPath, with_project};
+use crate::session::{Session, SessionRegistry};
+
+/// Serves stdin until EOF.
+pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::io::Result<()> {
+    let (out_tx, mut out_rx) = mpsc::channel::<Value>(256);
+    // One writer task, so every message is one whole line however many producers there are.
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(message) = out_rx.recv().await {
+            let mut line = message.to_string();
+            line.push('\n');
+            stdout.write_all(line.as_bytes()).await?;
+            stdout.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+
+    // The client on the other end is the one session of this process: resource
+    // subscriptions deliver their notifications through it to stdout.
+    let sessions = SessionRegistry::new(std::time::Duration::from_secs(u64::MAX / 4));
+    let session = sessions.create(crate::protocol::LATEST_VERSION);
+    let mut stream = session.open_stream();
+    let notify_tx = out_tx.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(message) = stream.rx.recv().await {
+            if notify_tx.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = match parse_json(line.as_bytes()) {
+            Err(e) => Some(error_response(None, &e)),
+            Ok(value) => with_project(project.clone(), handle(&server, &session, value)).await,
+        };
+        if let Some(reply) = reply
+            && out_tx.send(reply).await.is_err()
+        {
+            break;
+        }
+    }
+    forward.abort();
+    drop(out_tx);
+    drop(sessions);
+    writer.await.map_err(std::io::Error::other)?
+}
+
+async fn handle(server: &McpServer, session: &Arc<Session>, value: Value) -> Option<Value> {
+    if let Value::Array(items) = value {
+        let mut replies = Vec::new();
+        for item in items {
+            if let Some(r) = Box::pin(handle(server, session, item)).await {
+                replies.push(r);
+            }
+        }
+        return (!replies.is_empty()).then_some(Value::Array(replies));
+    }
+    match Message::from_value(value) {
+        Err((id, e)) => Some(error_response(id.as_ref(), &e)),
+        Ok(Message::Request { id, method, params }) => {
+            let result = if method == "initialize" {
+                McpServer::initialize(params.as_ref()).map(|(result, _)| result)
+            } else {
+                server.handle(Some(session), &method, params).await
+            };
+            Some(match result {
+                Ok(r) => response(&id, r),
+                Err(e) => error_response(Some(&id), &e),
+            })
+        }
+        Ok(Message::Notification { .. } | Message::Response { .. }) => None,
+    }
+}
