@@ -1,0 +1,14 @@
+//! Shared by `mcp-proxy` and `mcp-manager`: daemon configuration, the runtime directory,
+//! finding or starting daemons, and relaying a stdio session to a daemon.
+//! See ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod discovery;
+pub mod relay;
+pub mod runtime;
+pub mod stdio;
+
+/// Logs one line to stderr, prefixed `[mcp-proxy:<name>]` (stdout is protocol only).
+pub fn log(name: &str, message: &str) {
+    eprintln!("[mcp-proxy:{name}] {message}");
+}

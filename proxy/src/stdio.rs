@@ -1,0 +1,77 @@
+//! The client side of the proxy: newline-delimited JSON-RPC on stdin/stdout. Messages
+//! are forwarded concurrently (a slow tool call never blocks the next request), except
+//! `initialize`, which completes before anything else is sent; one writer task owns
+//! stdout so every write is one whole line. stdin EOF or SIGTERM: stop reading, let
+//! in-flight requests finish (bounded), end the daemon-side session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::relay::Relay;
+
+/// Runs the session until stdin closes or SIGTERM arrives. `make_relay` gets the
+/// stdout sender.
+pub async fn run(make_relay: impl FnOnce(mpsc::Sender<String>) -> Arc<Relay>, drain: Duration) -> std::io::Result<()> {
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(mut line) = out_rx.recv().await {
+            line.push('\n');
+            stdout.write_all(line.as_bytes()).await?;
+            stdout.flush().await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let relay = make_relay(out_tx.clone());
+    relay.warm_up();
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut in_flight = JoinSet::new();
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            _ = sigint.recv() => {
+                crate::log(relay.name(), "SIGINT ignored (the session goes on; SIGTERM or closing stdin ends it)");
+                continue;
+            }
+            _ = sigterm.recv() => {
+                crate::log(relay.name(), "SIGTERM: finishing in-flight requests");
+                break;
+            }
+        };
+        let Some(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let message: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                let error =
+                    json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":format!("Parse error: {e}")}});
+                let _ = out_tx.send(error.to_string()).await;
+                continue;
+            }
+        };
+        // Reap finished forwards so the set does not grow over a long session.
+        while in_flight.try_join_next().is_some() {}
+        if message.get("method").and_then(Value::as_str) == Some("initialize") {
+            relay.forward(message).await;
+        } else {
+            let relay = relay.clone();
+            in_flight.spawn(async move { relay.forward(message).await });
+        }
+    }
+    let _ = tokio::time::timeout(drain, async { while in_flight.join_next().await.is_some() {} }).await;
+    relay.close().await;
+    drop(relay);
+    drop(out_tx);
+    writer.await.map_err(std::io::Error::other)?
+}
