@@ -1,9 +1,11 @@
 -- Substring search index: FTS5 trigram tables over the lower-cased name, type and
 -- observation texts, kept in sync by triggers. `lower()` is overridden on memory-server's
 -- connections with JavaScript-compatible Unicode lower-casing, so a phrase query of the
--- lower-cased search text matches exactly what the official server's
--- `x.toLowerCase().includes(q.toLowerCase())` matches. The tables are contentless
--- (the text lives in the base tables) and keyed by the base tables' rowids.
+-- lower-cased search text finds every row the official server's
+-- `x.toLowerCase().includes(q.toLowerCase())` matches; search_nodes rechecks those
+-- candidates, since the tokenizer skips NUL and reads U+FFFE/U+FFFF as U+FFFD (see
+-- `trigram_phrase` in graph.rs). The tables are contentless (the text lives in the base
+-- tables) and keyed by the base tables' rowids.
 CREATE VIRTUAL TABLE entity_fts USING fts5(
     name, entity_type,
     content = '', contentless_delete = 1,

@@ -3,61 +3,13 @@
 //! the nine tools, call each one, read and subscribe to the graph resource, and receive
 //! live updates written by another session.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use e2e::{Daemon, PATIENCE, TestEnv, encode_project, fixture};
-use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ReadResourceRequestParams, ResourceUpdatedNotificationParam,
-    SubscribeRequestParams,
-};
-use rmcp::service::{NotificationContext, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use e2e::rmcp_client::{Watcher, call, connect, structured, subscribe_graph};
+use e2e::{Daemon, PATIENCE, TestEnv, fixture};
+use rmcp::model::ReadResourceRequestParams;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-/// A client that reports every `notifications/resources/updated` it receives.
-#[derive(Clone)]
-struct Watcher(mpsc::UnboundedSender<String>);
-
-impl ClientHandler for Watcher {
-    async fn on_resource_updated(
-        &self,
-        params: ResourceUpdatedNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
-        let _ = self.0.send(params.uri);
-    }
-}
-
-async fn connect<H: ClientHandler>(handler: H, url: &str, project: &std::path::Path) -> RunningService<RoleClient, H> {
-    let mut headers = HashMap::new();
-    headers
-        .insert(reqwest::header::HeaderName::from_static("mcp-project-path"), encode_project(project).parse().unwrap());
-    let config = StreamableHttpClientTransportConfig::with_uri(url.to_owned()).custom_headers(headers);
-    let transport = StreamableHttpClientTransport::from_config(config);
-    handler.serve(transport).await.expect("rmcp client initializes against memory-server")
-}
-
-async fn call(
-    client: &RunningService<RoleClient, impl ClientHandler>,
-    name: &'static str,
-    args: Value,
-) -> CallToolResult {
-    let Value::Object(arguments) = args else { panic!("arguments must be an object") };
-    let result = client
-        .call_tool(CallToolRequestParams::new(name).with_arguments(arguments))
-        .await
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_ne!(result.is_error, Some(true), "{name} failed: {result:?}");
-    result
-}
-
-fn structured(result: &CallToolResult) -> Value {
-    result.structured_content.clone().expect("structuredContent")
-}
 
 #[tokio::test]
 async fn official_rust_sdk_lists_and_calls_every_tool() {
@@ -130,10 +82,7 @@ async fn subscribed_sessions_get_updates_for_their_project_only() {
 
     let (tx, mut updates) = mpsc::unbounded_channel();
     let listener = connect(Watcher(tx), &daemon.url(), &project_a).await;
-    // resources/subscribe is the session-based revisions' mechanism (rmcp marks it
-    // legacy because 2026-07-28 replaced it with subscriptions/listen).
-    #[allow(deprecated)]
-    listener.subscribe(SubscribeRequestParams::new("memory://knowledge-graph")).await.expect("resources/subscribe");
+    subscribe_graph(&listener).await;
 
     let writer_a = connect((), &daemon.url(), &project_a).await;
     let writer_b = connect((), &daemon.url(), &project_b).await;

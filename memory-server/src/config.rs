@@ -32,6 +32,49 @@ pub enum CommandArgs {
     /// Serve the same tools over stdio (newline-delimited JSON-RPC), as a drop-in for
     /// `npx @modelcontextprotocol/server-memory`.
     Stdio(StdioArgs),
+    /// Merge an official server-memory JSONL file (or legacy memory.json) into a database.
+    Import(ImportArgs),
+    /// Write a database as the official server-memory JSONL.
+    Export(ExportArgs),
+    /// Copy a live database consistently with SQLite's online backup API.
+    Backup(BackupArgs),
+}
+
+/// Which database a transfer command works on (default: the global one).
+#[derive(Debug, Clone, Args)]
+pub struct DbChoice {
+    /// Use `<DIR>/.claude/memory.db`.
+    #[arg(long, conflicts_with = "db")]
+    pub project: Option<String>,
+    /// Use this database file.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The JSONL file to import (`memory.jsonl`, or a legacy `memory.json`).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub target: DbChoice,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub target: DbChoice,
+    /// Write here instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub target: DbChoice,
+    /// The backup file to write.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,4 +13,5 @@ pub mod serve;
 pub mod session;
 pub mod store;
 pub mod tools;
+pub mod transfer;
 pub mod transport;

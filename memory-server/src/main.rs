@@ -4,10 +4,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use memory_server::config::{Cli, CommandArgs, DaemonConfig, global_db_path};
+use std::path::PathBuf;
+
+use memory_server::config::{
+    BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, global_db_path,
+};
 use memory_server::dispatch::McpServer;
 use memory_server::routing::{ProjectPath, Router};
-use memory_server::{serve, transport};
+use memory_server::store::Store;
+use memory_server::{serve, transfer, transport};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -20,6 +25,9 @@ fn main() -> ExitCode {
         None => runtime.block_on(run_serve(&cli.serve)),
         Some(CommandArgs::Serve(args)) => runtime.block_on(run_serve(&args)),
         Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(args.project.as_deref())),
+        Some(CommandArgs::Import(args)) => run_import(&args),
+        Some(CommandArgs::Export(args)) => run_export(&args),
+        Some(CommandArgs::Backup(args)) => run_backup(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,6 +45,43 @@ async fn run_stdio(project: Option<&str>) -> Result<(), String> {
     let global = global_db_path().map_err(|e| e.to_string())?;
     let server = Arc::new(McpServer::new(Router::new(global), std::time::Duration::from_secs(3600)));
     transport::stdio::run(server, project).await.map_err(|e| format!("stdio: {e}"))
+}
+
+fn transfer_db(choice: &DbChoice) -> Result<PathBuf, String> {
+    let global = global_db_path().map_err(|e| e.to_string())?;
+    transfer::target_db(choice.project.as_deref(), choice.db.as_deref(), global)
+}
+
+fn run_import(args: &ImportArgs) -> Result<(), String> {
+    let db = transfer_db(&args.target)?;
+    let store = Store::open(&db).map_err(|e| e.to_string())?;
+    let report = transfer::import(&store, &args.file).map_err(|e| e.to_string())?;
+    println!("imported {} into {}: {report}", args.file.display(), db.display());
+    Ok(())
+}
+
+fn run_export(args: &ExportArgs) -> Result<(), String> {
+    let db = transfer_db(&args.target)?;
+    if !db.exists() {
+        return Err(format!("{}: no such database", db.display()));
+    }
+    let store = Store::open(&db).map_err(|e| e.to_string())?;
+    match &args.output {
+        Some(path) => {
+            let tmp = path.with_extension("partial");
+            let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            transfer::export(&store, &mut file).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => transfer::export(&store, &mut std::io::stdout().lock()).map_err(|e| e.to_string()),
+    }
+}
+
+fn run_backup(args: &BackupArgs) -> Result<(), String> {
+    let db = transfer_db(&args.target)?;
+    transfer::backup(&db, &args.output).map_err(|e| e.to_string())?;
+    eprintln!("memory-server: backed up {} to {}", db.display(), args.output.display());
+    Ok(())
 }
 
 /// Logs go to stderr (stdout is protocol in stdio mode); `RUST_LOG` overrides the level.

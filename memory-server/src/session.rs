@@ -66,6 +66,7 @@ impl Session {
     /// `store`, until unsubscribed or the session ends.
     pub fn subscribe(self: &Arc<Self>, store: &Arc<Store>) {
         let mut changes = store.subscribe_changes();
+        store.watch_outside_writes();
         let weak: Weak<Session> = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             loop {
@@ -178,7 +179,12 @@ impl SessionRegistry {
             .map(|s| s.id.clone())
             .collect();
         for id in expired {
-            if let Some((_, session)) = self.sessions.remove(&id) {
+            // Re-checked under the map's lock: a request or GET stream may have arrived
+            // since the scan.
+            let still_idle = |_: &String, s: &Arc<Session>| {
+                s.open_streams.load(Ordering::SeqCst) == 0 && s.last_seen.load(Ordering::Relaxed) < cutoff
+            };
+            if let Some((_, session)) = self.sessions.remove_if(&id, still_idle) {
                 session.close();
                 tracing::info!(session = %id, "session expired");
             }

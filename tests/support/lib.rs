@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod node;
+pub mod rmcp_client;
+
 /// Upper bound for anything a test waits on; tests never depend on speed, only on
 /// things eventually happening within a generous bound.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -127,6 +130,18 @@ impl Daemon {
     }
 
     pub fn start_with(env: &TestEnv, extra: &[&str], tweak: impl Fn(&mut Command)) -> Daemon {
+        Self::launch(env, extra, tweak, None)
+    }
+
+    /// Starts `memory-server serve --token TOKEN` with `extra` arguments; readiness is
+    /// polled with the bearer token (without it `/health` answers 401).
+    pub fn start_with_token(env: &TestEnv, token: &str, extra: &[&str], tweak: impl Fn(&mut Command)) -> Daemon {
+        let mut args = vec!["--token", token];
+        args.extend_from_slice(extra);
+        Self::launch(env, &args, tweak, Some(token))
+    }
+
+    fn launch(env: &TestEnv, extra: &[&str], tweak: impl Fn(&mut Command), token: Option<&str>) -> Daemon {
         for _ in 0..5 {
             let port = free_port();
             let log = env.dir.path().join(format!("daemon-{port}.log"));
@@ -136,7 +151,7 @@ impl Daemon {
             tweak(&mut cmd);
             let child = cmd.spawn().expect("spawn memory-server");
             let mut daemon = Daemon { child, port, log };
-            if daemon.wait_healthy() {
+            if daemon.wait_healthy(token) {
                 return daemon;
             }
             let log_text = std::fs::read_to_string(&daemon.log).unwrap_or_default();
@@ -148,13 +163,14 @@ impl Daemon {
     }
 
     /// Polls `/health` until it answers, the process exits, or PATIENCE passes.
-    fn wait_healthy(&mut self) -> bool {
+    fn wait_healthy(&mut self, token: Option<&str>) -> bool {
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && raw_get(self.port, "/health").is_some()
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && raw_get(self.port, "/health", token).is_some()
             {
                 return true;
             }
@@ -203,11 +219,12 @@ impl Drop for Daemon {
 }
 
 /// A minimal blocking HTTP GET over a raw socket, for readiness checks.
-fn raw_get(port: u16, path: &str) -> Option<String> {
+fn raw_get(port: u16, path: &str, token: Option<&str>) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.starts_with("HTTP/1.1 200").then_some(out)

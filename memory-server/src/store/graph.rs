@@ -135,9 +135,10 @@ pub fn open_nodes(conn: &Connection, names: &[String]) -> Result<KnowledgeGraph,
 }
 
 /// Entities whose name, type or any observation contains `query`, compared lower-cased as
-/// JavaScript's `toLowerCase` does, plus the relations touching them (an empty query matches every entity). The trigram index
-/// answers queries of three or more characters exactly; shorter ones scan (they match
-/// most of the graph anyway). Four statements at most.
+/// JavaScript's `toLowerCase` does, plus the relations touching them (an empty query
+/// matches every entity). Queries of three or more characters are looked up in the
+/// trigram index (see `trigram_phrase`); shorter ones scan (they match most of the
+/// graph anyway). Four statements.
 pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, GraphError> {
     let needle = query.to_lowercase();
     let names: String = if needle.is_empty() {
@@ -145,18 +146,21 @@ pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, Gr
         // entities that do not exist are still left out, so this is not read_graph.
         let mut stmt = conn.prepare_cached("SELECT json_group_array(name) FROM entities")?;
         stmt.query_row([], |row| row.get(0))?
-    } else if needle.chars().count() >= TRIGRAM {
-        let phrase = format!("\"{}\"", needle.replace('"', "\"\""));
+    } else if let Some(phrase) = trigram_phrase(&needle) {
+        // The index yields candidates; the `instr` recheck on them is what makes the
+        // answer the scan's (see `trigram_phrase` for the rows it keeps out).
         let mut stmt = conn.prepare_cached(
             "SELECT json_group_array(name) FROM (
                 SELECT name FROM entities
                  WHERE rowid IN (SELECT rowid FROM entity_fts WHERE entity_fts MATCH ?1)
+                   AND (instr(lower(name), ?2) > 0 OR instr(lower(entity_type), ?2) > 0)
                 UNION
                 SELECT entity_name FROM observations
                  WHERE id IN (SELECT rowid FROM observation_fts WHERE observation_fts MATCH ?1)
+                   AND instr(lower(content), ?2) > 0
             )",
         )?;
-        stmt.query_row([phrase], |row| row.get(0))?
+        stmt.query_row(params![phrase, needle], |row| row.get(0))?
     } else {
         let mut stmt = conn.prepare_cached(
             "SELECT json_group_array(name) FROM (
@@ -169,6 +173,25 @@ pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, Gr
         stmt.query_row([needle], |row| row.get(0))?
     };
     subgraph(conn, &names)
+}
+
+/// The FTS5 phrase query for the lower-cased `needle`, or `None` when the trigram index
+/// cannot answer it and the caller must scan.
+///
+/// The index finds every row whose lower-cased text contains the needle, but it may
+/// also return rows that do not: FTS5's tokenizer does not see text exactly as stored.
+/// It skips NUL characters and reads U+FFFE and U+FFFF as U+FFFD, so `"abc"` would
+/// find `"a\0bc"` and `"x\u{FFFD}y"` would find `"x\u{FFFE}y"`. Since it maps every
+/// character on its own, the same way in rows and in queries, a substring still maps to
+/// a substring and no real match is lost; callers recheck the candidates. Needles with
+/// a NUL scan: FTS5 reads a MATCH expression only up to its first NUL (the query would
+/// fail as an unterminated string) and, with the NULs skipped, fewer than three
+/// characters might be left to form a trigram.
+fn trigram_phrase(needle: &str) -> Option<String> {
+    if needle.contains('\0') || needle.chars().count() < TRIGRAM {
+        return None;
+    }
+    Some(format!("\"{}\"", needle.replace('"', "\"\"")))
 }
 
 /// Entities named in the JSON array `names`, their observations, and the relations with

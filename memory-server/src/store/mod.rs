@@ -7,9 +7,12 @@ pub mod graph;
 pub mod migrate;
 pub mod model;
 pub mod registry;
+#[cfg(test)]
+mod search_tests;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -67,7 +70,15 @@ pub struct Store {
     writer: Mutex<Connection>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     changes: broadcast::Sender<()>,
+    /// `PRAGMA data_version` of the writer connection when last polled: it moves only
+    /// when another connection (another process) commits.
+    outside_version: AtomicI64,
+    /// Whether a task polls for commits by other processes (while anyone subscribes).
+    watching: AtomicBool,
 }
+
+/// How often a store with subscribers looks for commits made by other processes.
+const OUTSIDE_POLL: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,11 +108,7 @@ impl Store {
             tracing::info!(db = %path.display(), migration = name, "migration applied");
         }
 
-        let manager = SqliteConnectionManager::file(path)
-            .with_flags(
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .with_init(configure);
+        let manager = SqliteConnectionManager::file(path).with_flags(reader_flags()).with_init(configure);
         let readers = r2d2::Pool::builder()
             .max_size(reader_pool_size())
             .min_idle(Some(1))
@@ -109,7 +116,15 @@ impl Store {
             .build(manager)
             .map_err(|source| StoreError::Pool { path: path.to_owned(), source })?;
         let (changes, _) = broadcast::channel(16);
-        Ok(Store { path: path.to_owned(), writer: Mutex::new(writer), readers, changes })
+        let version = data_version(&writer).map_err(sqlite)?;
+        Ok(Store {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers,
+            changes,
+            outside_version: AtomicI64::new(version),
+            watching: AtomicBool::new(false),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -148,6 +163,18 @@ impl Store {
         }
     }
 
+    /// Hands the writer connection to `f` (for work that manages its own transaction,
+    /// like a streamed import). Blocks while another write is in progress.
+    pub fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let before = conn.total_changes();
+        let value = f(&mut conn);
+        if conn.total_changes() != before {
+            let _ = self.changes.send(());
+        }
+        value
+    }
+
     /// Runs `f` on a pooled reader inside one read transaction, so the statements of
     /// one tool call see one snapshot.
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, GraphError>) -> Result<T, StoreError> {
@@ -167,6 +194,46 @@ impl Store {
         self.changes.subscribe()
     }
 
+    /// Makes sure commits by other processes (another daemon, `memory-server import`)
+    /// reach subscribers too: while anyone subscribes, a task polls the writer
+    /// connection's `PRAGMA data_version` every 500 ms.
+    pub fn watch_outside_writes(self: &Arc<Self>) {
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(OUTSIDE_POLL);
+            loop {
+                tick.tick().await;
+                if store.changes.receiver_count() == 0 {
+                    store.watching.store(false, Ordering::SeqCst);
+                    // A subscriber that arrived meanwhile saw `watching` still set.
+                    if store.changes.receiver_count() == 0 || store.watching.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
+                let polled = store.clone();
+                let changed = tokio::task::spawn_blocking(move || polled.outside_write_seen()).await.unwrap_or(false);
+                if changed {
+                    let _ = store.changes.send(());
+                }
+            }
+        });
+    }
+
+    /// Whether another connection committed since the last call.
+    fn outside_write_seen(&self) -> bool {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match data_version(&conn) {
+            Ok(v) => self.outside_version.swap(v, Ordering::SeqCst) != v,
+            Err(e) => {
+                tracing::warn!(db = %self.path.display(), error = %e, "cannot read data_version");
+                false
+            }
+        }
+    }
+
     /// Folds the WAL back into the main file; called at shutdown.
     pub fn checkpoint(&self) {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,6 +241,10 @@ impl Store {
             tracing::warn!(db = %self.path.display(), error = %e, "WAL checkpoint failed");
         }
     }
+}
+
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
 }
 
 fn run_write<T>(
@@ -194,6 +265,20 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 fn reader_pool_size() -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     (cores * 2).clamp(4, 16) as u32
+}
+
+/// How the pooled readers open the file.
+fn reader_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI
+}
+
+/// A connection opened and configured exactly as the store's pooled readers are, for
+/// tests that need to watch a reader (e.g. count its statements).
+#[cfg(test)]
+pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open_with_flags(path, reader_flags())?;
+    configure(&mut conn)?;
+    Ok(conn)
 }
 
 /// Per-connection settings. `foreign_keys` is switched off explicitly: the bundled
@@ -230,19 +315,43 @@ fn register_js_lower(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Refuses a database from a newer binary without modifying it: opened read-only, so
-/// not even the journal mode changes.
+/// not even the journal mode changes, and without leaving files next to it.
 fn refuse_newer(path: &Path) -> Result<(), StoreError> {
     if !path.exists() {
         return Ok(());
     }
     let sqlite = |source| StoreError::Sqlite { path: path.to_owned(), source };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite)?;
+    let conn = open_untouched(path).map_err(sqlite)?;
     let found = migrate::user_version(&conn).map_err(sqlite)?;
     let known = migrate::latest_version();
     if found > known {
         return Err(StoreError::TooNew { path: path.to_owned(), found, known });
     }
     Ok(())
+}
+
+/// Opens `path` read-only without creating anything next to it. A read-only connection
+/// to a WAL-mode file (as the Node server leaves its `memory.db`) creates `-wal` and
+/// `-shm` files that it cannot remove again. With no `-wal` file there is no
+/// uncheckpointed change, so the main file alone is the database and is read as
+/// `immutable` (no locks, no side files); otherwise the `-wal` must be read too, and
+/// it exists already.
+fn open_untouched(path: &Path) -> rusqlite::Result<Connection> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if Path::new(&wal).exists() {
+        return Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+    }
+    // Characters a SQLite URI path cannot hold literally (non-ASCII bytes are always
+    // escaped); SQLite decodes them back to the same bytes.
+    const URI_PATH: &percent_encoding::AsciiSet =
+        &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?');
+    let escaped = percent_encoding::percent_encode(path.as_os_str().as_bytes(), URI_PATH);
+    Connection::open_with_flags(
+        format!("file:{escaped}?mode=ro&immutable=1"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )
 }
 
 /// Creates `dir` (and parents) readable by the user only when it does not exist.
@@ -254,9 +363,9 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
-/// Creates the DB file with mode 0600 before SQLite does (SQLite would use 0644);
+/// Creates a DB file with mode 0600 before SQLite does (SQLite would use 0644);
 /// its -wal and -shm files inherit the mode.
-fn create_private_file(path: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
         Ok(_) => Ok(()),
@@ -331,5 +440,22 @@ mod tests {
         assert!(err.to_string().contains("newer"));
         assert_eq!(std::fs::read(&path).unwrap(), before);
         assert!(!dir.path().join("m.db-wal").exists());
+    }
+
+    #[test]
+    fn refuses_a_newer_wal_mode_schema_without_creating_side_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // A name that needs escaping in a SQLite URI.
+        let path = dir.path().join("a #1?%20 ü.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE x(a); PRAGMA user_version = 99;").unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [path.file_name().unwrap()], "no -wal or -shm file appeared");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router as AxumRouter;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -66,7 +67,7 @@ async fn project_scope(req: Request, next: Next) -> Response {
     with_project(project, next.run(req)).await
 }
 
-async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     if !is_json_content_type(&headers) {
         return rpc_error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -88,6 +89,10 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -
     let session = match lookup_session(&st, &headers) {
         Ok(s) => s,
         Err(resp) => return resp,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejected(&rejection, st.config.max_body_bytes),
     };
     let value = match parse_json(&body) {
         Ok(v) => v,
@@ -298,6 +303,18 @@ fn accepts(headers: &HeaderMap, mime: &str) -> bool {
         let range = range.split(';').next().unwrap_or("").trim();
         range == "*/*" || range.eq_ignore_ascii_case(mime) || range.eq_ignore_ascii_case(&format!("{kind}/*"))
     })
+}
+
+/// A body that could not be read (over `--max-body-bytes`, or the client broke off)
+/// gets the rejection's status with a JSON-RPC error like every other failure.
+fn body_rejected(rejection: &BytesRejection, limit: usize) -> Response {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("Payload Too Large: the request body exceeds {limit} bytes (--max-body-bytes)")
+    } else {
+        format!("Bad Request: cannot read the request body: {}", rejection.body_text())
+    };
+    rpc_error_response(status, None, &RpcError::invalid_request(message))
 }
 
 fn accepted() -> Response {

@@ -1,0 +1,547 @@
+//! `search_nodes` against the official server's plain scan, and the statement counts of
+//! the read operations.
+//!
+//! The property test builds random graphs through the real write functions on a real
+//! [`Store`] (so the FTS triggers see inserts, ignored duplicates, rolled-back calls and
+//! deletes) and compares every search with a scan written here over `read_graph`.
+
+use std::collections::HashSet;
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use std::sync::Mutex;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use rusqlite::Connection;
+
+use super::Store;
+use super::graph::{self, GraphError};
+use super::model::{Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation};
+
+// ---------------------------------------------------------------------------------------
+// The reference: what the official server's searchNodes does.
+// ---------------------------------------------------------------------------------------
+
+/// `x.toLowerCase().includes(query.toLowerCase())` over name, type and observations, then
+/// the relations with at least one endpoint among the matched (existing) entities.
+fn reference_search(g: &KnowledgeGraph, query: &str) -> KnowledgeGraph {
+    let q = query.to_lowercase();
+    let hit = |s: &str| s.to_lowercase().contains(&q);
+    let entities: Vec<Entity> = g
+        .entities
+        .iter()
+        .filter(|e| hit(&e.name) || hit(&e.entity_type) || e.observations.iter().any(|o| hit(o)))
+        .cloned()
+        .collect();
+    let names: HashSet<&str> = entities.iter().map(|e| e.name.as_str()).collect();
+    let relations = g
+        .relations
+        .iter()
+        .filter(|r| names.contains(r.from.as_str()) || names.contains(r.to.as_str()))
+        .cloned()
+        .collect();
+    KnowledgeGraph { entities, relations }
+}
+
+fn open_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("memory.db")).unwrap();
+    (dir, store)
+}
+
+fn entity(name: &str, ty: &str, obs: &[&str]) -> Entity {
+    Entity { name: name.into(), entity_type: ty.into(), observations: obs.iter().map(|s| s.to_string()).collect() }
+}
+
+fn relation(from: &str, to: &str, ty: &str) -> Relation {
+    Relation { from: from.into(), to: to.into(), relation_type: ty.into() }
+}
+
+fn search(store: &Store, q: &str) -> KnowledgeGraph {
+    store.read(|c| graph::search_nodes(c, q)).unwrap()
+}
+
+fn assert_search_matches_scan(store: &Store, q: &str) {
+    let all = store.read(graph::read_graph).unwrap();
+    assert_eq!(search(store, q), reference_search(&all, q), "query {q:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hand-picked cases: the lower-casing rules the index must reproduce.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn search_follows_javascript_lowercasing() {
+    let (_dir, store) = open_store();
+    let entities = [
+        entity("Straße", "Ort", &["liegt in MÜNCHEN"]),
+        entity("GROẞE Halle", "Gebäude", &[]),
+        entity("ΟΔΟΣ", "δρόμος", &["Η ΟΔΟΣ ΕΙΝΑΙ ΜΑΚΡΙΑ"]),
+        entity("İstanbul", "city", &[]),
+        entity("東京タワー", "建物", &["日本の塔"]),
+    ];
+    store.write(|c| graph::create_entities(c, &entities)).unwrap();
+    store
+        .write(|c| {
+            graph::create_relations(
+                c,
+                &[
+                    relation("Straße", "ghost", "near"),
+                    relation("ghost", "phantom", "x"),
+                    relation("ΟΔΟΣ", "東京タワー", "y"),
+                ],
+            )
+        })
+        .unwrap();
+    let names = |q: &str| search(&store, q).entities.into_iter().map(|e| e.name).collect::<Vec<_>>();
+
+    assert_eq!(names("STRASSE"), Vec::<String>::new(), "ß is not SS, as in JavaScript");
+    assert_eq!(names("straße"), ["Straße"]);
+    assert_eq!(names("STRAẞE"), ["Straße"], "ẞ lower-cases to ß");
+    assert_eq!(names("große"), ["GROẞE Halle"]);
+    assert_eq!(names("münchen"), ["Straße"]);
+    assert_eq!(names("gebä"), ["GROẞE Halle"]);
+    // Final sigma: ΟΔΟΣ lower-cases to οδος, and mid-word Σ to σ.
+    assert_eq!(names("οδος"), ["ΟΔΟΣ"]);
+    assert_eq!(names("ΟΔΟΣ"), ["ΟΔΟΣ"]);
+    assert_eq!(names("δοσ"), Vec::<String>::new());
+    assert_eq!(names("ος"), ["ΟΔΟΣ"], "two characters: the scan");
+    assert_eq!(names("ς"), ["ΟΔΟΣ"]);
+    assert_eq!(names("σ"), Vec::<String>::new());
+    // İ lower-cases to two characters, i + combining dot.
+    assert_eq!(names("İs"), ["İstanbul"]);
+    assert_eq!(names("i\u{307}st"), ["İstanbul"]);
+    assert_eq!(names("ist"), Vec::<String>::new());
+    // Japanese: one and two characters scan, three use the index.
+    assert_eq!(names("塔"), ["東京タワー"]);
+    assert_eq!(names("日本"), ["東京タワー"]);
+    assert_eq!(names("タワー"), ["東京タワー"]);
+    assert_eq!(names("建物"), ["東京タワー"]);
+
+    for q in ["", "a", "ß", "STRASSE", "ΟΔΟΣ", "ος", "İ", "塔", "タワー", "\"", "x\"y", "host"] {
+        assert_search_matches_scan(&store, q);
+    }
+    // The relation between two ghosts is never returned, not even for the empty query.
+    let everything = search(&store, "");
+    assert_eq!(everything.entities.len(), entities.len());
+    assert!(!everything.relations.iter().any(|r| r.from == "ghost" && r.to == "phantom"));
+}
+
+/// The triggers' deletes, a reused entity rowid (SQLite gives the next entity the rowid
+/// of a deleted last one) and a rolled-back call leave no trace in the index.
+#[test]
+fn search_after_deletes_rowid_reuse_and_rollback() {
+    let (_dir, store) = open_store();
+    store.write(|c| graph::create_entities(c, &[entity("Alpha", "kind", &["first note"])])).unwrap();
+    store.write(|c| graph::create_entities(c, &[entity("Bravo", "sort", &["second NOTE"])])).unwrap();
+    store.write(|c| graph::delete_entities(c, &["Bravo".into()])).unwrap();
+    store.write(|c| graph::create_entities(c, &[entity("Charlie", "type", &["third"])])).unwrap();
+    let rowid: i64 = store
+        .read(|c| Ok(c.query_row("SELECT rowid FROM entities WHERE name = 'Charlie'", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(rowid, 2, "Charlie reuses Bravo's rowid");
+    let deletion = ObservationDeletion { entity_name: "Alpha".into(), observations: vec!["first note".into()] };
+    store.write(|c| graph::delete_observations(c, std::slice::from_ref(&deletion))).unwrap();
+    let err = store.write(|c| {
+        graph::add_observations(
+            c,
+            &[
+                ObservationAddition { entity_name: "Alpha".into(), contents: vec!["ghostly".into()] },
+                ObservationAddition { entity_name: "Bravo".into(), contents: vec!["x".into()] },
+            ],
+        )
+    });
+    assert!(err.is_err());
+    let names = |q: &str| search(&store, q).entities.into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names("bravo"), Vec::<String>::new());
+    assert_eq!(names("second"), Vec::<String>::new());
+    assert_eq!(names("note"), Vec::<String>::new());
+    assert_eq!(names("ghost"), Vec::<String>::new());
+    assert_eq!(names("charlie"), ["Charlie"]);
+    assert_eq!(names("TYPE"), ["Charlie"]);
+    assert_eq!(names("alp"), ["Alpha"]);
+    for q in ["bravo", "sort", "note", "third", "a", "", "ghost"] {
+        assert_search_matches_scan(&store, q);
+    }
+}
+
+/// FTS5 does not see these characters as stored; the index must still give the scan's
+/// answer (it used to find "a\0bc" for "abc", and fail on queries containing NUL).
+#[test]
+fn search_is_exact_around_characters_fts5_reads_differently() {
+    let (_dir, store) = open_store();
+    let entities = [
+        entity("a\0bc", "t", &[]),
+        entity("x\u{FFFE}yz", "t", &["\u{FFFF}\u{FFFF}\u{FFFF}"]),
+        entity("p\u{FFFD}qr", "t", &["\0\0\0\0"]),
+        entity("plain", "t", &["abc def"]),
+    ];
+    store.write(|c| graph::create_entities(c, &entities)).unwrap();
+    let names = |q: &str| search(&store, q).entities.into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names("abc"), ["plain"]);
+    assert_eq!(names("A\0B"), ["a\0bc"]);
+    assert_eq!(names("a\0bc"), ["a\0bc"]);
+    assert_eq!(names("\0\0\0"), ["p\u{FFFD}qr"]);
+    assert_eq!(names("\0\0b"), Vec::<String>::new());
+    assert_eq!(names("x\u{FFFD}y"), Vec::<String>::new());
+    assert_eq!(names("x\u{FFFE}y"), ["x\u{FFFE}yz"]);
+    assert_eq!(names("p\u{FFFE}q"), Vec::<String>::new());
+    assert_eq!(names("\u{FFFD}\u{FFFD}\u{FFFD}"), Vec::<String>::new());
+    assert_eq!(names("\u{FFFF}\u{FFFF}\u{FFFF}"), ["x\u{FFFE}yz"]);
+    for q in ["abc", "a\0b", "\0bc", "\0", "x\u{FFFD}yz", "\u{FFFE}y", "\u{FFFD}"] {
+        assert_search_matches_scan(&store, q);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The property test.
+// ---------------------------------------------------------------------------------------
+
+/// Mixed-case ASCII, German (umlauts, ß and ẞ), Greek with all three sigmas, İ (which
+/// lower-cases to two characters), Japanese kana and kanji. Few characters, so random
+/// queries and texts overlap often.
+const ALPHABET: &[char] = &[
+    'a', 'A', 'b', 'B', 's', 'S', 'x', ' ', '-', '"', //
+    'ä', 'Ä', 'ö', 'Ö', 'ü', 'Ü', 'ß', 'ẞ', //
+    'ο', 'Ο', 'δ', 'Δ', 'σ', 'ς', 'Σ', 'α', 'Α', 'İ', 'i', //
+    'あ', 'の', 'カ', 'タ', 'ー', '日', '本', '語',
+];
+
+/// Characters FTS5's trigram tokenizer does not read as stored (it skips NUL and reads
+/// U+FFFE and U+FFFF as U+FFFD), mixed in rarely.
+const ODD: &[char] = &['\0', '\u{FFFD}', '\u{FFFE}', '\u{FFFF}'];
+
+fn text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+    let ch = prop_oneof![24 => prop::sample::select(ALPHABET), 1 => prop::sample::select(ODD)];
+    prop::collection::vec(ch, len).prop_map(String::from_iter)
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Entities named from the pool (repeats and existing names are skipped by the store).
+    Create(Vec<(Index, String, Vec<String>)>),
+    /// Endpoints from the pool or the ghosts, which are never created.
+    Relate(Vec<(Index, Index, String)>),
+    /// May name an entity that does not exist: the whole call then rolls back.
+    Observe(Vec<(Index, Vec<String>)>),
+    DeleteEntities(Vec<Index>),
+    /// Deletes some current observations of a pool entity (and one that does not exist).
+    DeleteObservations(Index, Vec<Index>, String),
+    DeleteRelations(Vec<Index>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let obs = || prop::collection::vec(text(0..8), 0..4);
+    prop_oneof![
+        5 => prop::collection::vec((any::<Index>(), text(0..4), obs()), 1..6).prop_map(Op::Create),
+        3 => prop::collection::vec((any::<Index>(), any::<Index>(), text(1..4)), 1..5).prop_map(Op::Relate),
+        3 => prop::collection::vec((any::<Index>(), obs()), 1..3).prop_map(Op::Observe),
+        1 => prop::collection::vec(any::<Index>(), 1..3).prop_map(Op::DeleteEntities),
+        2 => (any::<Index>(), prop::collection::vec(any::<Index>(), 1..3), text(0..4))
+            .prop_map(|(e, o, t)| Op::DeleteObservations(e, o, t)),
+        1 => prop::collection::vec(any::<Index>(), 1..3).prop_map(Op::DeleteRelations),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Query {
+    Empty,
+    /// A random text of one, two or three to six characters.
+    Random(String),
+    /// A substring of some text of the final graph, each character's case randomly
+    /// changed (0: kept, 1: upper-cased, 2: lower-cased).
+    Substring {
+        text: Index,
+        start: Index,
+        len: usize,
+        case: Vec<u8>,
+    },
+    /// A substring of a text with characters from [`ODD`] as FTS5's tokenizer reads it
+    /// (NUL dropped, U+FFFE and U+FFFF as U+FFFD): a false positive of the index.
+    TokenizerImage {
+        text: Index,
+        start: Index,
+        len: usize,
+    },
+}
+
+fn query() -> impl Strategy<Value = Query> {
+    prop_oneof![
+        1 => Just(Query::Empty),
+        2 => text(1..2).prop_map(Query::Random),
+        2 => text(2..3).prop_map(Query::Random),
+        3 => text(3..7).prop_map(Query::Random),
+        6 => (any::<Index>(), any::<Index>(), 1usize..7, prop::collection::vec(0u8..3, 7))
+            .prop_map(|(text, start, len, case)| Query::Substring { text, start, len, case }),
+        2 => (any::<Index>(), any::<Index>(), 3usize..7)
+            .prop_map(|(text, start, len)| Query::TokenizerImage { text, start, len }),
+    ]
+}
+
+fn resolve_query(q: &Query, g: &KnowledgeGraph) -> String {
+    let texts: Vec<&str> = g
+        .entities
+        .iter()
+        .flat_map(|e| {
+            [e.name.as_str(), e.entity_type.as_str()].into_iter().chain(e.observations.iter().map(String::as_str))
+        })
+        .chain(g.relations.iter().map(|r| r.from.as_str()))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let window = |texts: &[&str], text: &Index, start: &Index, len: usize| -> Vec<char> {
+        let chars: Vec<char> = texts[text.index(texts.len())].chars().collect();
+        chars[start.index(chars.len())..].iter().take(len).copied().collect()
+    };
+    match q {
+        Query::Empty => String::new(),
+        Query::Random(s) => s.clone(),
+        Query::Substring { .. } | Query::TokenizerImage { .. } if texts.is_empty() => String::new(),
+        Query::Substring { text, start, len, case } => window(&texts, text, start, *len)
+            .into_iter()
+            .zip(case)
+            .map(|(c, how)| match how {
+                1 => c.to_uppercase().collect::<String>(),
+                2 => c.to_lowercase().collect::<String>(),
+                _ => c.to_string(),
+            })
+            .collect(),
+        Query::TokenizerImage { text, start, len } => {
+            let odd: Vec<&str> = texts.iter().copied().filter(|t| t.contains(ODD)).collect();
+            let from = if odd.is_empty() { &texts } else { &odd };
+            window(from, text, start, *len)
+                .into_iter()
+                .filter(|&c| c != '\0')
+                .map(|c| if c == '\u{FFFE}' || c == '\u{FFFF}' { '\u{FFFD}' } else { c })
+                .collect()
+        }
+    }
+}
+
+fn apply(store: &Store, op: &Op, pool: &[String], ghosts: &[String]) {
+    let endpoint = |i: &Index| {
+        let i = i.index(pool.len() + ghosts.len());
+        if i < pool.len() { pool[i].clone() } else { ghosts[i - pool.len()].clone() }
+    };
+    let result = match op {
+        Op::Create(items) => {
+            let entities: Vec<Entity> = items
+                .iter()
+                .map(|(n, ty, obs)| Entity {
+                    name: n.get(pool).clone(),
+                    entity_type: ty.clone(),
+                    observations: obs.clone(),
+                })
+                .collect();
+            store.write(|c| graph::create_entities(c, &entities).map(drop))
+        }
+        Op::Relate(items) => {
+            let relations: Vec<Relation> = items
+                .iter()
+                .map(|(f, t, ty)| Relation { from: endpoint(f), to: endpoint(t), relation_type: ty.clone() })
+                .collect();
+            store.write(|c| graph::create_relations(c, &relations).map(drop))
+        }
+        Op::Observe(items) => {
+            let additions: Vec<ObservationAddition> = items
+                .iter()
+                .map(|(n, contents)| ObservationAddition {
+                    entity_name: n.get(pool).clone(),
+                    contents: contents.clone(),
+                })
+                .collect();
+            store.write(|c| graph::add_observations(c, &additions).map(drop))
+        }
+        Op::DeleteEntities(names) => {
+            let names: Vec<String> = names.iter().map(|n| n.get(pool).clone()).collect();
+            store.write(|c| graph::delete_entities(c, &names))
+        }
+        Op::DeleteObservations(n, picks, missing) => {
+            let name = n.get(pool).clone();
+            let current = store.read(graph::read_graph).unwrap();
+            let existing = current.entities.iter().find(|e| e.name == name).map(|e| e.observations.clone());
+            let mut observations: Vec<String> = match existing {
+                Some(obs) if !obs.is_empty() => picks.iter().map(|p| p.get(&obs).clone()).collect(),
+                _ => Vec::new(),
+            };
+            observations.push(missing.clone());
+            let deletions = [ObservationDeletion { entity_name: name, observations }];
+            store.write(|c| graph::delete_observations(c, &deletions))
+        }
+        Op::DeleteRelations(picks) => {
+            let current = store.read(graph::read_graph).unwrap().relations;
+            if current.is_empty() {
+                return;
+            }
+            let relations: Vec<Relation> = picks.iter().map(|p| p.get(&current).clone()).collect();
+            store.write(|c| graph::delete_relations(c, &relations))
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(super::StoreError::Graph(GraphError::EntityNotFound(_))) if matches!(op, Op::Observe(_)) => {}
+        Err(e) => panic!("{op:?}: {e}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        // Failures print their minimal case; nothing is written into the source tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn search_nodes_equals_the_plain_scan(
+        pool in prop::collection::vec(text(1..6), 3..10),
+        ghosts in prop::collection::vec(text(1..6), 1..3),
+        ops in prop::collection::vec(op(), 4..28),
+        queries in prop::collection::vec(query(), 8..24),
+    ) {
+        // Ghosts are names no entity ever gets.
+        let ghosts: Vec<String> = ghosts.into_iter().filter(|g| !pool.contains(g)).collect();
+        let ghosts = if ghosts.is_empty() { vec!["\u{2603}".to_string()] } else { ghosts };
+        let (_dir, store) = open_store();
+        for op in &ops {
+            apply(&store, op, &pool, &ghosts);
+        }
+        let all = store.read(graph::read_graph).unwrap();
+        for q in &queries {
+            let q = resolve_query(q, &all);
+            let expected = reference_search(&all, &q);
+            let got = store.read(|c| graph::search_nodes(c, &q)).unwrap();
+            prop_assert_eq!(got, expected, "query {:?} over {:#?}", q, all);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Statement counts.
+// ---------------------------------------------------------------------------------------
+
+/// The SQL texts SQLite traced (`SQLITE_TRACE_STMT`) while `f` ran on `conn`: statements
+/// our code ran, and, prefixed with `-- `, statements run inside them (triggers, FTS5's
+/// own queries on its shadow tables).
+fn traced<T>(conn: &Connection, f: impl FnOnce(&Connection) -> T) -> (T, Vec<String>) {
+    unsafe extern "C" fn record(event: c_uint, ctx: *mut c_void, _stmt: *mut c_void, sql: *mut c_void) -> c_int {
+        if event == rusqlite::ffi::SQLITE_TRACE_STMT as c_uint {
+            // SAFETY: `ctx` is the `Mutex` below, alive until the trace is removed; for
+            // SQLITE_TRACE_STMT, `sql` is a NUL-terminated string valid for this call.
+            let (log, sql) = unsafe { (&*(ctx as *const Mutex<Vec<String>>), CStr::from_ptr(sql as *const c_char)) };
+            log.lock().unwrap().push(sql.to_string_lossy().into_owned());
+        }
+        0
+    }
+    let log = Mutex::new(Vec::new());
+    // SAFETY: the handle is live for the duration of `conn`; the callback only reads its
+    // arguments and `log`, which outlives the registration (removed before returning).
+    unsafe {
+        let db = conn.handle();
+        rusqlite::ffi::sqlite3_trace_v2(
+            db,
+            rusqlite::ffi::SQLITE_TRACE_STMT as c_uint,
+            Some(record),
+            &log as *const Mutex<Vec<String>> as *mut c_void,
+        );
+    }
+    let value = f(conn);
+    // SAFETY: as above; clears the callback.
+    unsafe {
+        rusqlite::ffi::sqlite3_trace_v2(conn.handle(), 0, None, std::ptr::null_mut());
+    }
+    (value, log.into_inner().unwrap())
+}
+
+/// A graph with `n` entities matching "needle" (by observation) and "本" / "日本", each
+/// with relations to a neighbour, a non-matching entity and a ghost, plus `n`
+/// non-matching entities. Built in one transaction.
+fn counting_graph(n: usize) -> (tempfile::TempDir, Store) {
+    let (dir, store) = open_store();
+    let mut entities = Vec::new();
+    let mut relations = Vec::new();
+    for i in 0..n {
+        entities.push(Entity {
+            name: format!("match-{i}"),
+            entity_type: "Widget".into(),
+            observations: vec![format!("has a Needle #{i}"), format!("日本 {i}"), format!("plain {i}")],
+        });
+        entities.push(entity(&format!("other-{i}"), "thing", &["nothing to see"]));
+        relations.push(relation(&format!("match-{i}"), &format!("match-{}", (i + 1) % n), "next"));
+        relations.push(relation(&format!("match-{i}"), &format!("other-{i}"), "sees"));
+        relations.push(relation(&format!("ghost-{i}"), &format!("match-{i}"), "haunts"));
+        relations.push(relation(&format!("ghost-{i}"), &format!("phantom-{i}"), "never returned"));
+    }
+    store
+        .write(|c| {
+            graph::create_entities(c, &entities)?;
+            graph::create_relations(c, &relations)
+        })
+        .unwrap();
+    (dir, store)
+}
+
+/// Runs `op` twice on a fresh reader connection of `store`'s file and counts the
+/// statements of the second run (the first loads the schema, once per connection).
+/// Returns the statements the operation ran itself, the number of statements run inside
+/// them (FTS5 looking up its shadow tables, which depends on the index's layout, not on
+/// how many rows match), and the number of entities returned.
+fn count(store: &Store, op: &dyn Fn(&Connection) -> Result<KnowledgeGraph, GraphError>) -> (usize, usize, usize) {
+    let conn = super::open_reader(store.path()).unwrap();
+    op(&conn).unwrap();
+    let (graph, log) = traced(&conn, |c| op(c).unwrap());
+    let nested = log.iter().filter(|s| s.starts_with("-- ")).count();
+    (log.len() - nested, nested, graph.entities.len())
+}
+
+#[test]
+fn reads_run_a_constant_number_of_statements() {
+    let small = counting_graph(10);
+    let large = counting_graph(500);
+    let names = |n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("match-{i}")).chain(["missing".to_string(), "ghost-0".to_string()]).collect()
+    };
+    let small_names = names(10);
+    let large_names = names(500);
+
+    type Op<'a> = Box<dyn Fn(&Connection) -> Result<KnowledgeGraph, GraphError> + 'a>;
+    let cases: Vec<(&str, usize, Op, Op)> = vec![
+        ("read_graph", 3, Box::new(graph::read_graph), Box::new(graph::read_graph)),
+        (
+            "open_nodes",
+            3,
+            Box::new(|c| graph::open_nodes(c, &small_names)),
+            Box::new(|c| graph::open_nodes(c, &large_names)),
+        ),
+        (
+            "search_nodes, index",
+            4,
+            Box::new(|c| graph::search_nodes(c, "NEEDLE")),
+            Box::new(|c| graph::search_nodes(c, "NEEDLE")),
+        ),
+        (
+            "search_nodes, 2-character scan",
+            4,
+            Box::new(|c| graph::search_nodes(c, "日本")),
+            Box::new(|c| graph::search_nodes(c, "日本")),
+        ),
+        (
+            "search_nodes, 1-character scan",
+            4,
+            Box::new(|c| graph::search_nodes(c, "本")),
+            Box::new(|c| graph::search_nodes(c, "本")),
+        ),
+        ("search_nodes, empty", 4, Box::new(|c| graph::search_nodes(c, "")), Box::new(|c| graph::search_nodes(c, ""))),
+    ];
+    for (what, max, small_op, large_op) in &cases {
+        let (small_top, small_nested, small_n) = count(&small.1, small_op);
+        let (large_top, large_nested, large_n) = count(&large.1, large_op);
+        // The two graphs really differ in result size (the empty query and read_graph
+        // return the non-matching entities too).
+        let expect = |n: usize| if what.contains("empty") || *what == "read_graph" { 2 * n } else { n };
+        assert_eq!((small_n, large_n), (expect(10), expect(500)), "{what}");
+        assert_eq!(
+            small_top, large_top,
+            "{what}: statements for 10 vs 500 entities (nested: {small_nested} vs {large_nested})"
+        );
+        assert!(small_top <= *max, "{what}: {small_top} statements");
+    }
+}

@@ -1,0 +1,315 @@
+//! Moving memories in and out (SPEC 2.8): `import` of the official server's JSONL (or its
+//! legacy single-object `memory.json`) in one transaction, `export` to the same JSONL, and
+//! `backup` through SQLite's online backup API. All three work while a daemon serves the
+//! same file: WAL lets readers and one writer proceed side by side.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use serde::Deserialize;
+
+use crate::store::model::{Entity, KnowledgeGraph, Relation};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}; nothing was imported")]
+    Malformed { path: String, line: usize, message: String },
+    #[error("{path}: {source}")]
+    Sqlite { path: String, source: rusqlite::Error },
+}
+
+/// What an import changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImportReport {
+    pub entities_added: u64,
+    pub entities_skipped: u64,
+    pub observations_added: u64,
+    pub observations_skipped: u64,
+    pub relations_added: u64,
+    pub relations_skipped: u64,
+}
+
+impl std::fmt::Display for ImportReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "entities: {} added, {} already present; observations: {} added, {} already present; \
+             relations: {} added, {} already present",
+            self.entities_added,
+            self.entities_skipped,
+            self.observations_added,
+            self.observations_skipped,
+            self.relations_added,
+            self.relations_skipped
+        )
+    }
+}
+
+/// One line of the official server's JSONL file.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum Record {
+    Entity {
+        name: String,
+        #[serde(rename = "entityType")]
+        entity_type: String,
+        #[serde(default)]
+        observations: Vec<String>,
+    },
+    Relation {
+        from: String,
+        to: String,
+        #[serde(rename = "relationType")]
+        relation_type: String,
+    },
+}
+
+/// Merges `file` into `store` in one transaction: entities created if missing,
+/// observations and relations added without duplicates. The file is streamed line by
+/// line; a malformed line aborts with its number and nothing is imported.
+pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError> {
+    let shown = file.display().to_string();
+    let io = |source| TransferError::Io { path: shown.clone(), source };
+    let sqlite = |source| TransferError::Sqlite { path: store.path().display().to_string(), source };
+    let mut reader = BufReader::new(File::open(file).map_err(io)?);
+
+    store.with_writer(|conn| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite)?;
+        let mut importer = Importer::new(&tx).map_err(sqlite)?;
+        let mut line = String::new();
+        let mut number = 0;
+        let mut legacy: Option<String> = None;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(io)? == 0 {
+                break;
+            }
+            number += 1;
+            if let Some(buffer) = legacy.as_mut() {
+                buffer.push_str(&line);
+                continue;
+            }
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Record>(text) {
+                Ok(record) => importer.add(record).map_err(sqlite)?,
+                // The legacy format: one JSON object {entities, relations}, maybe pretty-printed.
+                Err(_) if importer.is_empty() && text.starts_with('{') && !text.contains("\"type\"") => {
+                    legacy = Some(line.clone());
+                }
+                Err(e) => {
+                    return Err(TransferError::Malformed {
+                        path: shown.clone(),
+                        line: number,
+                        message: without_position(&e),
+                    });
+                }
+            }
+        }
+        if let Some(whole) = legacy {
+            let graph: KnowledgeGraph = serde_json::from_str(&whole).map_err(|e| TransferError::Malformed {
+                path: shown.clone(),
+                line: e.line(),
+                message: e.to_string(),
+            })?;
+            for e in graph.entities {
+                importer
+                    .add(Record::Entity { name: e.name, entity_type: e.entity_type, observations: e.observations })
+                    .map_err(sqlite)?;
+            }
+            for r in graph.relations {
+                importer
+                    .add(Record::Relation { from: r.from, to: r.to, relation_type: r.relation_type })
+                    .map_err(sqlite)?;
+            }
+        }
+        let report = importer.report;
+        drop(importer);
+        tx.commit().map_err(sqlite)?;
+        Ok(report)
+    })
+}
+
+struct Importer<'c> {
+    entity: rusqlite::CachedStatement<'c>,
+    observation: rusqlite::CachedStatement<'c>,
+    relation: rusqlite::CachedStatement<'c>,
+    report: ImportReport,
+}
+
+impl<'c> Importer<'c> {
+    fn new(conn: &'c Connection) -> rusqlite::Result<Self> {
+        Ok(Importer {
+            entity: conn.prepare_cached("INSERT OR IGNORE INTO entities (name, entity_type) VALUES (?1, ?2)")?,
+            observation: conn
+                .prepare_cached("INSERT OR IGNORE INTO observations (entity_name, content) VALUES (?1, ?2)")?,
+            relation: conn.prepare_cached(
+                "INSERT OR IGNORE INTO relations (from_entity, to_entity, relation_type) VALUES (?1, ?2, ?3)",
+            )?,
+            report: ImportReport::default(),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.report == ImportReport::default()
+    }
+
+    fn add(&mut self, record: Record) -> rusqlite::Result<()> {
+        let r = &mut self.report;
+        match record {
+            Record::Entity { name, entity_type, observations } => {
+                if self.entity.execute(params![name, entity_type])? == 1 {
+                    r.entities_added += 1;
+                } else {
+                    r.entities_skipped += 1;
+                }
+                for content in observations {
+                    if self.observation.execute(params![name, content])? == 1 {
+                        r.observations_added += 1;
+                    } else {
+                        r.observations_skipped += 1;
+                    }
+                }
+            }
+            Record::Relation { from, to, relation_type } => {
+                if self.relation.execute(params![from, to, relation_type])? == 1 {
+                    r.relations_added += 1;
+                } else {
+                    r.relations_skipped += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the graph as the official server's JSONL (entities, then relations, one JSON
+/// object a line, no newline after the last), streaming rows from one read snapshot.
+pub fn export(store: &Store, out: &mut dyn Write) -> Result<(), TransferError> {
+    let path = store.path().display().to_string();
+    let sqlite = |source| TransferError::Sqlite { path: path.clone(), source };
+    let io = |source| TransferError::Io { path: "output".into(), source };
+    let mut out = BufWriter::new(out);
+    store
+        .read(|conn| {
+            let mut first = true;
+            let mut line = |out: &mut BufWriter<&mut dyn Write>, json: String| -> std::io::Result<()> {
+                if !std::mem::take(&mut first) {
+                    out.write_all(b"\n")?;
+                }
+                out.write_all(json.as_bytes())
+            };
+            {
+                let mut stmt = conn.prepare(
+                    "SELECT e.name, e.entity_type, o.content FROM entities e
+                       LEFT JOIN observations o ON o.entity_name = e.name
+                      ORDER BY e.rowid, o.id",
+                )?;
+                let mut rows = stmt.query([])?;
+                let mut current: Option<Entity> = None;
+                let mut write_entity = |out: &mut BufWriter<&mut dyn Write>, e: Entity| {
+                    let json = serde_json::json!({
+                        "type": "entity", "name": e.name, "entityType": e.entity_type, "observations": e.observations,
+                    });
+                    line(out, json.to_string())
+                };
+                while let Some(row) = rows.next()? {
+                    let name: String = row.get(0)?;
+                    if current.as_ref().is_none_or(|e| e.name != name) {
+                        if let Some(done) = current.take() {
+                            write_entity(&mut out, done).map_err(io_to_sqlite)?;
+                        }
+                        current = Some(Entity { name, entity_type: row.get(1)?, observations: Vec::new() });
+                    }
+                    if let (Some(e), Some(content)) = (current.as_mut(), row.get::<_, Option<String>>(2)?) {
+                        e.observations.push(content);
+                    }
+                }
+                if let Some(done) = current.take() {
+                    write_entity(&mut out, done).map_err(io_to_sqlite)?;
+                }
+            }
+            let mut stmt = conn.prepare("SELECT from_entity, to_entity, relation_type FROM relations ORDER BY id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let r = Relation { from: row.get(0)?, to: row.get(1)?, relation_type: row.get(2)? };
+                let json = serde_json::json!({
+                    "type": "relation", "from": r.from, "to": r.to, "relationType": r.relation_type,
+                });
+                line(&mut out, json.to_string()).map_err(io_to_sqlite)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            StoreError::Sqlite { source, .. } => sqlite(source),
+            e => TransferError::Store(e),
+        })?;
+    out.flush().map_err(io)
+}
+
+/// serde's message without its " at line 1 column N" (the line is ours to report).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn io_to_sqlite(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// Copies the live database at `db` to `dest` with SQLite's online backup API, in one
+/// step, so the copy is one consistent snapshot even while writers are active.
+pub fn backup(db: &Path, dest: &Path) -> Result<(), TransferError> {
+    let sqlite = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TransferError::Sqlite { path, source }
+    };
+    if !db.exists() {
+        return Err(TransferError::Io {
+            path: db.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such database"),
+        });
+    }
+    let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite(db))?;
+    src.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite(db))?;
+    crate::store::create_private_file(dest)
+        .map_err(|source| TransferError::Io { path: dest.display().to_string(), source })?;
+    let mut dst = Connection::open(dest).map_err(sqlite(dest))?;
+    let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(sqlite(dest))?;
+    // All pages in one step: the copy is one snapshot. A writer holding the lock at that
+    // instant makes the step report Busy; retry for a while (bounded).
+    for _ in 0..200 {
+        match backup.step(-1).map_err(sqlite(dest))? {
+            rusqlite::backup::StepResult::Done => return Ok(()),
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    Err(TransferError::Io {
+        path: db.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::TimedOut, "database stayed busy for 10 s"),
+    })
+}
+
+/// Which database a transfer command works on: `--db PATH`, the project's, or the global.
+pub fn target_db(project: Option<&str>, db: Option<&Path>, global: PathBuf) -> Result<PathBuf, String> {
+    match (project, db) {
+        (Some(_), Some(_)) => Err("give --project or --db, not both".into()),
+        (Some(dir), None) => {
+            crate::routing::ProjectPath::from_dir(dir).map(|p| p.db_path()).map_err(|e| format!("--project: {e}"))
+        }
+        (None, Some(path)) => Ok(path.to_owned()),
+        (None, None) => Ok(global),
+    }
+}
