@@ -175,6 +175,30 @@ pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, Gr
     subgraph(conn, &names)
 }
 
+/// Whether rows written by another program wait to be re-indexed (see
+/// `migrations/0003_search_index_repair.sql`). One indexed lookup.
+pub fn search_index_is_stale(conn: &Connection) -> Result<bool, GraphError> {
+    let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM search_stale)")?;
+    Ok(stmt.query_row([], |r| r.get(0))?)
+}
+
+/// Re-indexes the rows another program wrote, with our JavaScript-compatible `lower()`.
+/// Run in a write transaction.
+pub fn repair_search_index(conn: &Connection) -> Result<(), GraphError> {
+    conn.execute_batch(
+        "DELETE FROM entity_fts WHERE rowid IN (SELECT id FROM search_stale WHERE kind = 'entity');
+         INSERT INTO entity_fts(rowid, name, entity_type)
+             SELECT rowid, lower(name), lower(entity_type) FROM entities
+              WHERE rowid IN (SELECT id FROM search_stale WHERE kind = 'entity');
+         DELETE FROM observation_fts WHERE rowid IN (SELECT id FROM search_stale WHERE kind = 'observation');
+         INSERT INTO observation_fts(rowid, content)
+             SELECT id, lower(content) FROM observations
+              WHERE id IN (SELECT id FROM search_stale WHERE kind = 'observation');
+         DELETE FROM search_stale;",
+    )?;
+    Ok(())
+}
+
 /// The FTS5 phrase query for the lower-cased `needle`, or `None` when the trigram index
 /// cannot answer it and the caller must scan.
 ///

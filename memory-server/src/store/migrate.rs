@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_search_index.sql",
         sql: include_str!("../../../migrations/0002_search_index.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_search_index_repair.sql",
+        sql: include_str!("../../../migrations/0003_search_index_repair.sql"),
+    },
 ];
 
 pub fn latest_version() -> u32 {

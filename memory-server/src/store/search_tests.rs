@@ -210,6 +210,33 @@ const ALPHABET: &[char] = &[
 /// U+FFFE and U+FFFF as U+FFFD), mixed in rarely.
 const ODD: &[char] = &['\0', '\u{FFFD}', '\u{FFFE}', '\u{FFFF}'];
 
+/// Rows another program writes (the Node server, the sqlite3 shell: SQLite's ASCII-only
+/// built-in `lower()`) are re-indexed before the next search, so non-ASCII capitals in
+/// them are still found by their lower-case spelling.
+#[test]
+fn rows_written_by_another_program_are_found_after_repair() {
+    let (_dir, store) = open_store();
+    store.write(|c| graph::create_entities(c, &[entity("ours", "t", &[])])).unwrap();
+    {
+        // A plain connection, as the Node server would have: built-in lower().
+        let foreign = Connection::open(store.path()).unwrap();
+        foreign
+            .execute_batch(
+                "INSERT INTO entities (name, entity_type) VALUES ('MÜLLER-NODE', 'PERSON');
+                 INSERT INTO observations (entity_name, content) VALUES ('ours', 'ÄPFEL UND BIRNEN');",
+            )
+            .unwrap();
+    }
+    assert!(store.read(graph::search_index_is_stale).unwrap());
+    let call = crate::tools::ToolCall::SearchNodes("müller-node".into());
+    let found = call.run(&store);
+    assert_eq!(found["structuredContent"]["entities"][0]["name"], "MÜLLER-NODE", "{found}");
+    assert!(!store.read(graph::search_index_is_stale).unwrap(), "repaired once, not at every search");
+    assert_search_matches_scan(&store, "äpfel und");
+    assert_search_matches_scan(&store, "MÜLLER");
+    assert_eq!(search(&store, "äpfel und").entities.len(), 1);
+}
+
 fn text(len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
     let ch = prop_oneof![24 => prop::sample::select(ALPHABET), 1 => prop::sample::select(ODD)];
     prop::collection::vec(ch, len).prop_map(String::from_iter)

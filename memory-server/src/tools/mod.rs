@@ -109,7 +109,12 @@ impl ToolCall {
                 message("Relations deleted successfully")
             }
             ToolCall::ReadGraph => graph_result(&store.read(graph::read_graph)?)?,
-            ToolCall::SearchNodes(q) => graph_result(&store.read(|c| graph::search_nodes(c, &q))?)?,
+            ToolCall::SearchNodes(q) => {
+                if store.read(graph::search_index_is_stale)? {
+                    store.write(graph::repair_search_index)?;
+                }
+                graph_result(&store.read(|c| graph::search_nodes(c, &q))?)?
+            }
             ToolCall::OpenNodes(n) => graph_result(&store.read(|c| graph::open_nodes(c, &n))?)?,
         })
     }
