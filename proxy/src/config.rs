@@ -185,7 +185,13 @@ transport = "sse"
     pub fn parse(text: &str, file: &str, env: &Env) -> Result<Config, ConfigError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            ConfigError::Syntax { file: file.to_owned(), line, column, message: e.message().trim().to_owned() }
+            // toml's message alone ("invalid type: string \"x\", expected u16") does
+            // not say which key; name it from the line the error points at.
+            let message = match e.span().and_then(|s| key_at(text, s.start)) {
+                Some(key) => format!("{key}: {}", e.message().trim()),
+                None => e.message().trim().to_owned(),
+            };
+            ConfigError::Syntax { file: file.to_owned(), line, column, message }
         })?;
         let mut daemons = BTreeMap::new();
         for (name, d) in raw.daemons {
@@ -306,6 +312,24 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The dotted key (`daemons.memory.port`) assigned on the line holding `offset`, when
+/// that line is a plain `key = value` under a `[table]` header.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    let table = table.map(|t| t.trim_start_matches('[').split(']').next().unwrap_or_default().trim());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
 /// The line of `[daemons.NAME]` (or the first mention of the name), for messages.
 fn table_line(text: &str, name: &str) -> usize {
     let header = format!("[daemons.{name}]");
@@ -382,5 +406,6 @@ headers = { Authorization = "Bearer ${TOKEN}" }
 
         let e = Config::parse("[daemons.a]\nport = \"x\"\n", "c.toml", &env()).unwrap_err();
         assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+        assert!(e.to_string().contains("daemons.a.port: "), "{e}");
     }
 }

@@ -24,7 +24,7 @@ pub enum DiscoveryError {
     Spawn { daemon: String, command: String, log: String, source: std::io::Error },
     #[error("daemon `{daemon}`: `{command}` exited ({status}) before answering on port {port}; see {log}")]
     Exited { daemon: String, command: String, port: u16, status: String, log: String },
-    #[error("daemon `{daemon}`: `{command}` did not answer on port {port} within {secs:.1} s; see {log}")]
+    #[error("daemon `{daemon}`: `{command}` did not answer on port {port} within {secs:.1} s (stopped it); see {log}")]
     Timeout { daemon: String, command: String, port: u16, secs: f64, log: String },
     #[error("daemon `{daemon}`: {message}")]
     Io { daemon: String, message: String },
@@ -49,6 +49,19 @@ pub async fn find_or_start(
     runtime: &RuntimeDir,
     manager_port: u16,
 ) -> Result<Found, DiscoveryError> {
+    find_or_start_via(spec, runtime, Some(manager_port)).await
+}
+
+/// [`find_or_start`] without step (3): for the manager itself, which must not ask itself.
+pub async fn find_or_start_direct(spec: &DaemonSpec, runtime: &RuntimeDir) -> Result<Found, DiscoveryError> {
+    find_or_start_via(spec, runtime, None).await
+}
+
+async fn find_or_start_via(
+    spec: &DaemonSpec,
+    runtime: &RuntimeDir,
+    manager_port: Option<u16>,
+) -> Result<Found, DiscoveryError> {
     let (port, launch) = match &spec.target {
         Target::Remote { .. } => return Ok(Found { port: None, spawned: false }),
         Target::Local { port, launch } => (*port, launch.clone()),
@@ -65,7 +78,10 @@ pub async fn find_or_start(
         return Ok(Found { port: Some(lock.port), spawned: false });
     }
     // (3) A manager, if one listens.
-    if ask_manager(manager_port, &spec.name).await && ping(port).await {
+    if let Some(manager_port) = manager_port
+        && ask_manager(manager_port, &spec.name).await
+        && ping(port).await
+    {
         return Ok(Found { port: Some(port), spawned: false });
     }
     // (4) Start it ourselves.
@@ -162,6 +178,11 @@ fn spawn_locked(spec: &DaemonSpec, runtime: &RuntimeDir, port: u16, launch: &Lau
             });
         }
         if Instant::now() >= deadline {
+            // Ours and silent: stop it, or every later attempt would start another
+            // copy next to it (and a late one would take the port from under them).
+            let _ = child.kill();
+            let _ = child.wait();
+            runtime.remove_lock(&spec.name);
             return Err(DiscoveryError::Timeout {
                 daemon: spec.name.clone(),
                 command: shown,

@@ -4,9 +4,12 @@
 
 pub mod config;
 pub mod discovery;
+pub mod legacy_sse;
+pub mod manager;
 pub mod relay;
 pub mod runtime;
 pub mod stdio;
+pub mod upstream;
 
 /// Logs one line to stderr, prefixed `[mcp-proxy:<name>]` (stdout is protocol only).
 pub fn log(name: &str, message: &str) {

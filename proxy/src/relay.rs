@@ -171,7 +171,11 @@ impl Relay {
         if let Err(e) = result {
             crate::log(&self.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
             if let (Some(id), Some(_)) = (id, method) {
-                let message = format!("mcp-proxy: daemon `{}`: {e}", self.spec.name);
+                // Discovery errors already name the daemon.
+                let message = match &e {
+                    RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
+                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.spec.name),
+                };
                 self.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
             }
         }

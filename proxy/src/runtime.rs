@@ -102,15 +102,46 @@ impl RuntimeDir {
     pub fn open_log(&self, name: &str) -> std::io::Result<File> {
         let log = self.log_file(name);
         if std::fs::metadata(&log).is_ok_and(|m| m.len() >= LOG_ROTATE_BYTES) {
-            for i in (1..LOG_KEEP).rev() {
-                let _ = std::fs::rename(
-                    self.root.join(format!("{name}.log.{i}")),
-                    self.root.join(format!("{name}.log.{}", i + 1)),
-                );
-            }
+            self.shift_logs(name);
             let _ = std::fs::rename(&log, self.root.join(format!("{name}.log.1")));
         }
         private_file(&log, true)
+    }
+
+    /// Rotates the log of a daemon that is running and holds it open (append mode):
+    /// when past 10 MiB, it is copied to `<name>.log.1` and truncated in place, so the
+    /// daemon's next write lands at the start of the emptied file. Returns whether it
+    /// rotated.
+    pub fn rotate_live_log(&self, name: &str) -> std::io::Result<bool> {
+        let log = self.log_file(name);
+        if !std::fs::metadata(&log).is_ok_and(|m| m.len() >= LOG_ROTATE_BYTES) {
+            return Ok(false);
+        }
+        self.shift_logs(name);
+        let first = self.root.join(format!("{name}.log.1"));
+        std::io::copy(&mut File::open(&log)?, &mut private_file(&first, false)?)?;
+        OpenOptions::new().write(true).open(&log)?.set_len(0)?;
+        Ok(true)
+    }
+
+    /// `.log.2` → `.log.3`, `.log.1` → `.log.2` (the oldest falls off).
+    fn shift_logs(&self, name: &str) {
+        for i in (1..LOG_KEEP).rev() {
+            let _ = std::fs::rename(
+                self.root.join(format!("{name}.log.{i}")),
+                self.root.join(format!("{name}.log.{}", i + 1)),
+            );
+        }
+    }
+
+    /// Creates the directory when missing and proves it writable (a probe file), so a
+    /// command fails up front with advice instead of half-way through a spawn.
+    pub fn check_writable(&self) -> Result<(), RuntimeDirError> {
+        self.ensure()?;
+        let probe = self.root.join(format!(".probe.{}", std::process::id()));
+        let result = private_file(&probe, false);
+        let _ = std::fs::remove_file(&probe);
+        result.map(drop).map_err(|source| RuntimeDirError { path: self.root.clone(), source })
     }
 }
 
@@ -163,6 +194,37 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Parses the `startedAt` of a lock file (RFC 3339 UTC as [`now_rfc3339`] writes it;
+/// fractional seconds optional). None for anything else.
+pub fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let t = text.strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hour, minute, second) = (h.next()??, h.next()??, h.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let millis = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(3).collect();
+        digits.parse::<u64>().ok()? * 10u64.pow(3 - digits.len() as u32)
+    };
+    // Days-from-civil (Howard Hinnant's algorithm), the inverse of `now_rfc3339`.
+    let y = year - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(millis))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +250,44 @@ mod tests {
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
         assert!(t.starts_with("20"), "{t}");
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        let now = std::time::SystemTime::now();
+        let parsed = parse_rfc3339(&now_rfc3339()).unwrap();
+        let diff = now.duration_since(parsed).unwrap_or_else(|e| e.duration());
+        assert!(diff < std::time::Duration::from_secs(5), "{diff:?}");
+        let epoch = parse_rfc3339("1970-01-01T00:00:00Z").unwrap();
+        assert_eq!(epoch, std::time::UNIX_EPOCH);
+        let t = parse_rfc3339("2000-03-01T01:02:03.5Z").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(), 951_872_523_500);
+        for bad in ["", "yesterday", "2000-13-01T00:00:00Z", "2000-01-01T00:00:00"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn live_logs_rotate_by_copy_and_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = RuntimeDir::at(dir.path().to_owned());
+        let mut f = rt.open_log("x").unwrap();
+        assert!(!rt.rotate_live_log("x").unwrap());
+        f.set_len(LOG_ROTATE_BYTES).unwrap();
+        assert!(rt.rotate_live_log("x").unwrap());
+        assert_eq!(std::fs::metadata(dir.path().join("x.log.1")).unwrap().len(), LOG_ROTATE_BYTES);
+        // The holder keeps appending, now at the start of the emptied file.
+        f.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(rt.log_file("x")).unwrap(), "after\n");
+    }
+
+    #[test]
+    fn writability_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RuntimeDir::at(dir.path().join("a/b")).check_writable().is_ok());
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let e = RuntimeDir::at(dir.path().join("file/rt")).check_writable().unwrap_err();
+        assert!(e.to_string().contains("MCP_SESSION_MANAGER_HOME"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The client side of the proxy: newline-delimited JSON-RPC on stdin/stdout. Messages
 //! are forwarded concurrently (a slow tool call never blocks the next request), except
-//! `initialize`, which completes before anything else is sent; one writer task owns
+//! the handshake (`initialize`, `notifications/initialized`), each of which completes
+//! before anything after it is sent; one writer task owns
 //! stdout so every write is one whole line. stdin EOF or SIGTERM: stop reading, let
 //! in-flight requests finish (bounded), end the daemon-side session.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -13,11 +13,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::relay::Relay;
+use crate::upstream::Upstream;
+
+/// How long queued answers may take to reach stdout at exit.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the session until stdin closes or SIGTERM arrives. `make_relay` gets the
-/// stdout sender.
-pub async fn run(make_relay: impl FnOnce(mpsc::Sender<String>) -> Arc<Relay>, drain: Duration) -> std::io::Result<()> {
+/// stdout sender and returns the relay for the daemon's transport.
+pub async fn run<R: Into<Upstream>>(
+    make_relay: impl FnOnce(mpsc::Sender<String>) -> R,
+    drain: Duration,
+) -> std::io::Result<()> {
     let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -28,7 +34,7 @@ pub async fn run(make_relay: impl FnOnce(mpsc::Sender<String>) -> Arc<Relay>, dr
         }
         Ok::<_, std::io::Error>(())
     });
-    let relay = make_relay(out_tx.clone());
+    let relay: Upstream = make_relay(out_tx.clone()).into();
     relay.warm_up();
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -62,7 +68,9 @@ pub async fn run(make_relay: impl FnOnce(mpsc::Sender<String>) -> Arc<Relay>, dr
         };
         // Reap finished forwards so the set does not grow over a long session.
         while in_flight.try_join_next().is_some() {}
-        if message.get("method").and_then(Value::as_str) == Some("initialize") {
+        // The handshake keeps its order: `initialize`, then `notifications/initialized`,
+        // each delivered before anything after it is sent.
+        if matches!(message.get("method").and_then(Value::as_str), Some("initialize" | "notifications/initialized")) {
             relay.forward(message).await;
         } else {
             let relay = relay.clone();
@@ -73,5 +81,10 @@ pub async fn run(make_relay: impl FnOnce(mpsc::Sender<String>) -> Arc<Relay>, dr
     relay.close().await;
     drop(relay);
     drop(out_tx);
-    writer.await.map_err(std::io::Error::other)?
+    // The writer ends once every sender is gone; a GET-stream task of an upstream that
+    // keeps its stream open after DELETE could hold one, so flushing is bounded.
+    match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
+        Ok(joined) => joined.map_err(std::io::Error::other)?,
+        Err(_) => Ok(()),
+    }
 }

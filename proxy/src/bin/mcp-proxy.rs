@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use mcp_proxy::config::{Config, Env};
 use mcp_proxy::discovery::DEFAULT_MANAGER_PORT;
-use mcp_proxy::relay::Relay;
 use mcp_proxy::runtime::RuntimeDir;
+use mcp_proxy::upstream::Upstream;
 
 #[derive(Parser)]
 #[command(name = "mcp-proxy", version, about = "Per-session stdio bridge to a shared MCP daemon")]
@@ -72,9 +72,13 @@ fn main() -> ExitCode {
     };
     let name = spec.name.clone();
     let result = runtime_rt.block_on(mcp_proxy::stdio::run(
-        |out| Relay::new(spec, runtime, args.manager_port, project.as_deref(), out),
+        |out| Upstream::new(spec, runtime, args.manager_port, project.as_deref(), out),
         drain,
     ));
+    // After SIGTERM, tokio's stdin reader may still sit in a blocking read(2) that
+    // cannot be cancelled; waiting for it would keep the process alive until the
+    // client closes the pipe. Nothing else is left to wait for, so do not.
+    runtime_rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,565 @@
+//! Relaying one client session over the deprecated HTTP+SSE transport (protocol
+//! 2024-11-05), which external daemons such as FastMCP servers run with `--transport sse`.
+//!
+//! The proxy opens `GET <base>/sse`, waits for the `endpoint` event and resolves the URL
+//! it names against the base (`/messages/?session_id=X`, `/messages/X`, or absolute, same
+//! origin only). Every client message is POSTed there (`202` expected); every message of
+//! the event stream (responses, progress and log notifications, server requests) goes to
+//! stdout as it arrives, in stream order. Because answers travel on the stream and not
+//! in the POST's reply, a forwarded request waits until its answer comes by (or the
+//! stream ends), so it can be retried like on the streamable transport: when the stream
+//! drops, the daemon forgets the session (`404`) or refuses the connection, the relay
+//! finds or restarts the daemon, reopens the stream, replays the client's recorded
+//! `initialize` and `notifications/initialized`, and retries the message once; if that
+//! fails, the client gets a JSON-RPC error for that id naming the daemon and the cause.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use sse_stream::{Sse, SseStream};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+use crate::config::DaemonSpec;
+use crate::discovery;
+use crate::relay::{Output, RelayError, encode_project};
+use crate::runtime::RuntimeDir;
+
+const PROJECT_HEADER: &str = "mcp-project-path";
+const STREAM_ENDED: &str = "its event stream ended";
+
+/// A ready connection: the stream of `generation` is being read and the handshake (if
+/// the client made one) has been replayed on it.
+#[derive(Clone)]
+struct Conn {
+    post: url::Url,
+    generation: u64,
+}
+
+/// A forwarded request waiting for its answer on the stream.
+struct Waiter {
+    generation: u64,
+    /// False for the replayed `initialize`, whose answer is not the client's business.
+    deliver: bool,
+    done: oneshot::Sender<Result<(), RelayError>>,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Conn>,
+    /// The generation whose stream is being read, and how to stop reading it.
+    stream: Option<u64>,
+    reader: Option<AbortHandle>,
+    generation: u64,
+    initialize: Option<Value>,
+    initialized: Option<Value>,
+    /// Keyed by the request id's JSON text (so `1` and `"1"` stay apart).
+    pending: HashMap<String, Waiter>,
+    /// Ids the client cancelled before their request was waiting (messages are forwarded
+    /// concurrently, so a cancellation can overtake its request); bounded.
+    cancelled: HashSet<String>,
+    /// The last answered ids, so a cancellation that comes after its answer is not kept
+    /// (the client may reuse the id).
+    answered: VecDeque<String>,
+}
+
+const MAX_CANCELLED: usize = 256;
+const MAX_ANSWERED: usize = 64;
+
+impl State {
+    /// Takes the waiter for an answer's id, remembering the id as answered.
+    fn take_waiter(&mut self, key: &str) -> Option<Waiter> {
+        let waiter = self.pending.remove(key)?;
+        if self.answered.len() >= MAX_ANSWERED {
+            self.answered.pop_front();
+        }
+        self.answered.push_back(key.to_owned());
+        Some(waiter)
+    }
+}
+
+pub struct SseRelay {
+    spec: DaemonSpec,
+    runtime: RuntimeDir,
+    manager_port: u16,
+    client: reqwest::Client,
+    project: Option<HeaderValue>,
+    extra_headers: HeaderMap,
+    out: Output,
+    state: Mutex<State>,
+    /// Held while opening a connection (and replaying on it), so only one task does.
+    connecting: tokio::sync::Mutex<()>,
+    closing: AtomicBool,
+}
+
+/// A failed attempt, with the generation of the connection it used.
+type Attempt = Result<(), (RelayError, u64)>;
+
+impl SseRelay {
+    pub fn new(
+        spec: DaemonSpec,
+        runtime: RuntimeDir,
+        manager_port: u16,
+        project: Option<&str>,
+        out: Output,
+    ) -> Arc<SseRelay> {
+        let project = project.and_then(|p| HeaderValue::from_str(&encode_project(p)).ok());
+        let mut extra_headers = HeaderMap::new();
+        for (k, v) in &spec.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                extra_headers.insert(k, v);
+            }
+        }
+        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+        Arc::new(SseRelay {
+            spec,
+            runtime,
+            manager_port,
+            client,
+            project,
+            extra_headers,
+            out,
+            state: Mutex::new(State::default()),
+            connecting: tokio::sync::Mutex::new(()),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finds (or starts) the daemon and opens its event stream now, while the client is
+    /// still sending its first line.
+    pub fn warm_up(self: &Arc<Self>) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = relay.connection(false).await {
+                crate::log(&relay.spec.name, &format!("{e}"));
+            }
+        });
+    }
+
+    /// Forwards one client message; answers the client with an error for its id when
+    /// the daemon cannot be reached even after one recovery.
+    pub async fn forward(self: &Arc<Self>, message: Value) {
+        let method = message.get("method").and_then(Value::as_str).map(str::to_owned);
+        let id = message.get("id").cloned();
+        let is_initialize = method.as_deref() == Some("initialize");
+        match method.as_deref() {
+            Some("initialize") => self.state().initialize = Some(message.clone()),
+            Some("notifications/initialized") => self.state().initialized = Some(message.clone()),
+            _ => {}
+        }
+        let mut result = self.send(&message, !is_initialize).await;
+        if let Err((e, generation)) = &result
+            && matches!(e, RelayError::Connect(_) | RelayError::SessionGone)
+            && !self.closing.load(Ordering::SeqCst)
+        {
+            crate::log(&self.spec.name, &format!("{e}; recovering"));
+            {
+                let _guard = self.connecting.lock().await;
+                self.end_stream(*generation, true);
+            }
+            result = self.send(&message, !is_initialize).await;
+        }
+        if result.is_ok()
+            && method.as_deref() == Some("notifications/cancelled")
+            && let Some(request) = message.pointer("/params/requestId")
+        {
+            // The daemon need not answer a cancelled request: stop waiting for it.
+            let key = request.to_string();
+            let mut st = self.state();
+            match st.pending.remove(&key) {
+                Some(waiter) => {
+                    let _ = waiter.done.send(Ok(()));
+                }
+                None if st.answered.contains(&key) => {}
+                None => {
+                    if st.cancelled.len() >= MAX_CANCELLED {
+                        st.cancelled.clear();
+                    }
+                    st.cancelled.insert(key);
+                }
+            }
+        }
+        if let Err((e, _)) = result {
+            crate::log(&self.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
+            if let (Some(id), Some(_)) = (id, method) {
+                // Discovery errors already name the daemon.
+                let message = match &e {
+                    RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
+                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.spec.name),
+                };
+                self.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
+            }
+        }
+    }
+
+    /// Sends one client message on a ready connection (opening one if needed).
+    async fn send(self: &Arc<Self>, message: &Value, replay: bool) -> Attempt {
+        let conn = match self.connection(replay).await {
+            Ok(conn) => conn,
+            // No connection of ours failed (generations start at 1): nothing to forget.
+            Err(e) => return Err((e, 0)),
+        };
+        self.exchange(&conn, message, true).await.map_err(|e| (e, conn.generation))
+    }
+
+    /// The ready connection, opening it (and replaying the client's handshake on it when
+    /// `replay`) if there is none.
+    async fn connection(self: &Arc<Self>, replay: bool) -> Result<Conn, RelayError> {
+        if let Some(conn) = self.state().conn.clone() {
+            return Ok(conn);
+        }
+        let _guard = self.connecting.lock().await;
+        if let Some(conn) = self.state().conn.clone() {
+            return Ok(conn);
+        }
+        let conn = self.open().await?;
+        if replay && let Err(e) = self.replay(&conn).await {
+            self.end_stream(conn.generation, true);
+            return Err(e);
+        }
+        self.state().conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Replays the recorded `initialize` (under an id of our own, answer not delivered)
+    /// and `notifications/initialized` on a new connection.
+    async fn replay(self: &Arc<Self>, conn: &Conn) -> Result<(), RelayError> {
+        let (init, initialized) = {
+            let st = self.state();
+            (st.initialize.clone(), st.initialized.clone())
+        };
+        if let Some(mut init) = init {
+            init["id"] = json!(format!("mcp-proxy-replay-{}", conn.generation));
+            self.exchange(conn, &init, false).await?;
+        }
+        if let Some(n) = initialized {
+            self.exchange(conn, &n, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Finds or starts the daemon, opens `GET <base>/sse`, reads the `endpoint` event and
+    /// hands the rest of the stream to a reader task.
+    async fn open(self: &Arc<Self>) -> Result<Conn, RelayError> {
+        let found = discovery::find_or_start(&self.spec, &self.runtime, self.manager_port).await?;
+        if found.spawned {
+            crate::log(&self.spec.name, "started the daemon");
+        }
+        let mut base = self.spec.endpoint();
+        if let Some(port) = found.port {
+            let _ = base.set_port(Some(port));
+        }
+        let mut req =
+            self.client.get(base.clone()).headers(self.extra_headers.clone()).header(ACCEPT, "text/event-stream");
+        if let Some(p) = &self.project {
+            req = req.header(PROJECT_HEADER, p.clone());
+        }
+        let handshake = async {
+            let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(RelayError::Http { status: status.as_u16(), body: body.chars().take(300).collect() });
+            }
+            if !is_event_stream(resp.headers()) {
+                return Err(RelayError::BadReply(format!("GET {base} did not answer with an event stream")));
+            }
+            let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+            loop {
+                match events.next().await {
+                    None => return Err(RelayError::Connect(format!("{STREAM_ENDED} before its endpoint event"))),
+                    Some(Err(e)) => return Err(RelayError::Connect(e.to_string())),
+                    Some(Ok(event)) if event.event.as_deref() == Some("endpoint") => {
+                        let post = resolve_endpoint(&base, event.data.as_deref().unwrap_or_default())?;
+                        return Ok((post, events));
+                    }
+                    Some(Ok(_)) => {} // nothing is addressed to the session before it exists
+                }
+            }
+        };
+        let timeout = self.spec.startup_timeout;
+        let (post, events) =
+            tokio::time::timeout(timeout, handshake).await.map_err(|_| RelayError::Timeout(timeout))??;
+        let generation = {
+            let mut st = self.state();
+            st.generation += 1;
+            st.stream = Some(st.generation);
+            st.generation
+        };
+        let reader = tokio::spawn(self.clone().read_events(events, generation));
+        {
+            let mut st = self.state();
+            if st.stream == Some(generation) {
+                st.reader = Some(reader.abort_handle());
+            }
+        }
+        Ok(Conn { post, generation })
+    }
+
+    /// Relays every message of the stream, completing waiting requests with their
+    /// answers, until the stream ends.
+    async fn read_events<S, E>(self: Arc<Self>, events: S, generation: u64)
+    where
+        S: Stream<Item = Result<Sse, E>>,
+        E: std::fmt::Display,
+    {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    crate::log(&self.spec.name, &format!("event stream: {e}"));
+                    break;
+                }
+            };
+            if event.event.as_deref() == Some("endpoint") {
+                continue;
+            }
+            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
+            match serde_json::from_str::<Value>(&data) {
+                Ok(Value::Array(batch)) => {
+                    for value in batch {
+                        self.dispatch(value).await;
+                    }
+                }
+                Ok(value) => self.dispatch(value).await,
+                Err(e) => crate::log(&self.spec.name, &format!("event stream: not JSON-RPC ({e}): {data:.200}")),
+            }
+        }
+        if !self.closing.load(Ordering::SeqCst) {
+            crate::log(&self.spec.name, STREAM_ENDED);
+        }
+        self.end_stream(generation, false);
+    }
+
+    /// One message from the daemon: an answer goes to the request waiting for it (and to
+    /// the client unless it answers a replay); anything else goes to the client.
+    async fn dispatch(&self, value: Value) {
+        let is_answer = value.get("method").is_none()
+            && value.get("id").is_some()
+            && (value.get("result").is_some() || value.get("error").is_some());
+        if !is_answer {
+            self.emit(&value).await;
+            return;
+        }
+        let key = value["id"].to_string();
+        let waiter = self.state().take_waiter(&key);
+        match waiter {
+            Some(waiter) => {
+                if waiter.deliver {
+                    self.emit(&value).await;
+                }
+                let _ = waiter.done.send(Ok(()));
+            }
+            None => crate::log(&self.spec.name, &format!("dropping an answer for id {key}, which nothing awaits")),
+        }
+    }
+
+    /// Forgets the connection of `generation`: stops reading its stream (when `abort`)
+    /// and fails the requests still waiting on it, so they can be retried.
+    fn end_stream(&self, generation: u64, abort: bool) {
+        let mut st = self.state();
+        if st.stream == Some(generation) {
+            st.stream = None;
+            if let Some(reader) = st.reader.take()
+                && abort
+            {
+                reader.abort();
+            }
+        }
+        if st.conn.as_ref().is_some_and(|c| c.generation == generation) {
+            st.conn = None;
+        }
+        let lost: Vec<String> =
+            st.pending.iter().filter(|(_, w)| w.generation == generation).map(|(k, _)| k.clone()).collect();
+        for key in lost {
+            if let Some(waiter) = st.pending.remove(&key) {
+                let _ = waiter.done.send(Err(RelayError::Connect(STREAM_ENDED.into())));
+            }
+        }
+    }
+
+    /// POSTs one message to the announced endpoint and, for a request, waits for its
+    /// answer on the stream (bounded by the request timeout).
+    async fn exchange(&self, conn: &Conn, message: &Value, deliver: bool) -> Result<(), RelayError> {
+        let is_request = message.get("method").is_some() && message.get("id").is_some_and(|id| !id.is_null());
+        let key = is_request.then(|| message["id"].to_string());
+        let answer = match &key {
+            Some(key) => {
+                let mut st = self.state();
+                if st.stream != Some(conn.generation) {
+                    return Err(RelayError::Connect(STREAM_ENDED.into()));
+                }
+                if deliver && st.cancelled.remove(key) {
+                    None // cancelled already: sent, but not waited for
+                } else {
+                    let (done, answer) = oneshot::channel();
+                    st.pending.insert(key.clone(), Waiter { generation: conn.generation, deliver, done });
+                    Some(answer)
+                }
+            }
+            None => None,
+        };
+        let timeout = self.spec.request_timeout;
+        let result = tokio::time::timeout(timeout, self.post_and_wait(conn, message, key.as_deref(), deliver, answer))
+            .await
+            .unwrap_or(Err(RelayError::Timeout(timeout)));
+        if let Some(key) = &key
+            && result.is_err()
+        {
+            let mut st = self.state();
+            if st.pending.get(key).is_some_and(|w| w.generation == conn.generation) {
+                st.pending.remove(key);
+            }
+        }
+        result
+    }
+
+    async fn post_and_wait(
+        &self,
+        conn: &Conn,
+        message: &Value,
+        key: Option<&str>,
+        deliver: bool,
+        answer: Option<oneshot::Receiver<Result<(), RelayError>>>,
+    ) -> Result<(), RelayError> {
+        let mut req = self
+            .client
+            .post(conn.post.clone())
+            .headers(self.extra_headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(message.to_string());
+        if let Some(p) = &self.project {
+            req = req.header(PROJECT_HEADER, p.clone());
+        }
+        let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+        if status.as_u16() == 404 {
+            return Err(RelayError::SessionGone);
+        }
+        // A JSON body (some servers answer on the POST too) is relayed like a stream message.
+        let body = serde_json::from_str::<Value>(&text).ok().filter(|v| v.is_object() || v.is_array());
+        if !status.is_success() {
+            return match body {
+                // An error phrased as JSON-RPC: the client gets it under its own id.
+                Some(mut value) if value.get("error").is_some() && key.is_some() => {
+                    if value.get("id").is_none_or(Value::is_null) {
+                        value["id"] = message["id"].clone();
+                    }
+                    self.state().pending.remove(key.unwrap_or_default());
+                    if deliver {
+                        self.emit(&value).await;
+                    }
+                    Ok(())
+                }
+                _ => Err(RelayError::Http { status: status.as_u16(), body: text.chars().take(300).collect() }),
+            };
+        }
+        if let Some(value) = body {
+            // Ids compare as JSON text, like the waiters' keys (`1` is not `"1"`).
+            let id_key = value["id"].to_string();
+            let answers_us = key.is_some_and(|k| value.get("method").is_none() && id_key == k);
+            if answers_us {
+                self.state().take_waiter(key.unwrap_or_default());
+                if deliver {
+                    self.emit(&value).await;
+                }
+                return Ok(());
+            }
+            if deliver {
+                self.emit(&value).await;
+            }
+        }
+        match answer {
+            Some(answer) => answer.await.unwrap_or_else(|_| Err(RelayError::Connect(STREAM_ENDED.into()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes one message to the client as one line.
+    async fn emit(&self, value: &Value) {
+        let _ = self.out.send(value.to_string()).await;
+    }
+
+    /// Ends the session: closing the event stream is how this transport says goodbye.
+    pub async fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let generation = self.state().stream;
+        if let Some(generation) = generation {
+            self.end_stream(generation, true);
+        }
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// Resolves the `endpoint` event's URL against the stream's URL. Relative forms
+/// (`/messages/?session_id=X`, `/messages/X`, `messages/X`) and absolute URLs are
+/// accepted; an absolute URL must keep the stream's origin, as in the official SDKs, so a
+/// daemon cannot send the session's messages elsewhere.
+pub fn resolve_endpoint(base: &url::Url, announced: &str) -> Result<url::Url, RelayError> {
+    let announced = announced.trim();
+    if announced.is_empty() {
+        return Err(RelayError::BadReply("its endpoint event names no URL".into()));
+    }
+    let url = base
+        .join(announced)
+        .map_err(|e| RelayError::BadReply(format!("its endpoint event names a bad URL {announced:?}: {e}")))?;
+    if url.origin() != base.origin() {
+        return Err(RelayError::BadReply(format!(
+            "its endpoint event names {url}, which is not on the origin of {base}"
+        )));
+    }
+    Ok(url)
+}
+
+/// An error with its causes, which is where reqwest says "connection refused".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_resolve_against_the_stream_url() {
+        let base = url::Url::parse("http://127.0.0.1:3102/sse").unwrap();
+        let cases = [
+            ("/messages/?session_id=abc", "http://127.0.0.1:3102/messages/?session_id=abc"),
+            ("/messages/abc", "http://127.0.0.1:3102/messages/abc"),
+            ("messages/abc", "http://127.0.0.1:3102/messages/abc"),
+            (" http://127.0.0.1:3102/rpc?s=1 \n", "http://127.0.0.1:3102/rpc?s=1"),
+        ];
+        for (announced, expected) in cases {
+            assert_eq!(resolve_endpoint(&base, announced).unwrap().as_str(), expected, "{announced}");
+        }
+        let mounted = url::Url::parse("http://127.0.0.1:9/tools/sse").unwrap();
+        assert_eq!(resolve_endpoint(&mounted, "messages/x").unwrap().as_str(), "http://127.0.0.1:9/tools/messages/x");
+        assert!(resolve_endpoint(&base, "http://127.0.0.1:4000/messages/x").is_err());
+        assert!(resolve_endpoint(&base, "https://evil.example/messages/x").is_err());
+        assert!(resolve_endpoint(&base, "").is_err());
+    }
+}

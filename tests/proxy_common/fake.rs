@@ -1,0 +1,168 @@
+//! A fake MCP streamable-HTTP upstream for the relaying tests: JSON replies, sessions it
+//! can forget on demand (to answer 404 like an expired session), a `fast` tool and a
+//! `slow` tool that answers only when the test releases it. It records what it sees, in
+//! order, so tests assert on the sequence of events rather than on timing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+const SESSION: &str = "mcp-session-id";
+
+pub struct FakeState {
+    /// What happened, in order: `POST <session> <method>`, `slow answered <id>`,
+    /// `DELETE <session>`, `404 <session>`.
+    events: Mutex<Vec<String>>,
+    live: Mutex<HashSet<String>>,
+    next_session: AtomicU32,
+    /// Permits for `slow` calls to answer.
+    release: Semaphore,
+}
+
+pub struct Fake {
+    pub url: String,
+    state: Arc<FakeState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Fake {
+    /// Serves on a free loopback port (in the test's runtime) until dropped.
+    pub async fn start() -> Fake {
+        let state = Arc::new(FakeState {
+            events: Mutex::default(),
+            live: Mutex::default(),
+            next_session: AtomicU32::new(0),
+            release: Semaphore::new(0),
+        });
+        let app = Router::new().route("/mcp", post(on_post).get(on_get).delete(on_delete)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://127.0.0.1:{}/mcp", listener.local_addr().unwrap().port());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake { url, state, task }
+    }
+
+    /// A `config.toml` that makes `name` this server (reached by url, never started).
+    pub fn config(&self, name: &str) -> String {
+        format!("[daemons.{name}]\nurl = \"{}\"\n", self.url)
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.state.events.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, prefix: &str) -> usize {
+        self.events().iter().filter(|e| e.starts_with(prefix)).count()
+    }
+
+    /// Lets `n` pending (or future) `slow` calls answer.
+    pub fn release(&self, n: usize) {
+        self.state.release.add_permits(n);
+    }
+
+    /// Forgets a session, as an idle expiry would: its next request gets 404.
+    pub fn expire(&self, session: &str) {
+        assert!(self.state.live.lock().unwrap().remove(session), "no live session {session}");
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.state.live.lock().unwrap().iter().cloned().collect();
+        s.sort();
+        s
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn record(st: &FakeState, event: String) {
+    st.events.lock().unwrap().push(event);
+}
+
+fn json_reply(status: StatusCode, body: Value) -> Response {
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+async fn on_post(State(st): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(msg) = serde_json::from_slice::<Value>(&body) else {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse"}}),
+        );
+    };
+    let session = headers.get(SESSION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let method = msg["method"].as_str().unwrap_or("response").to_owned();
+    let id = msg.get("id").cloned();
+    let label = session.clone().unwrap_or_else(|| "-".into());
+    if let Some(s) = &session
+        && !st.live.lock().unwrap().contains(s)
+    {
+        record(&st, format!("404 {s} {method}"));
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}),
+        );
+    }
+    let tool = msg.pointer("/params/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if method == "tools/call" {
+        record(&st, format!("POST {label} tools/call {tool} {}", id.clone().unwrap_or(Value::Null)));
+    } else {
+        record(&st, format!("POST {label} {method}"));
+    }
+    let Some(id) = id.filter(|_| msg.get("method").is_some()) else {
+        return StatusCode::ACCEPTED.into_response(); // a notification or a client response
+    };
+    let result = match method.as_str() {
+        "initialize" => {
+            let sid = format!("fake-{}", st.next_session.fetch_add(1, Ordering::SeqCst) + 1);
+            st.live.lock().unwrap().insert(sid.clone());
+            let body = json!({"jsonrpc":"2.0","id":id,"result":{
+                "protocolVersion": msg.pointer("/params/protocolVersion").cloned().unwrap_or(json!("2025-06-18")),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "fake-upstream", "version": "1"}}});
+            return (StatusCode::OK, [("content-type", "application/json"), (SESSION, sid.as_str())], body.to_string())
+                .into_response();
+        }
+        "tools/list" => json!({"tools":[
+            {"name":"slow","inputSchema":{"type":"object"}},
+            {"name":"fast","inputSchema":{"type":"object"}}]}),
+        "tools/call" if tool == "fast" => json!({"content":[{"type":"text","text":"fast done"}]}),
+        "tools/call" if tool == "slow" => {
+            st.release.acquire().await.expect("semaphore open").forget();
+            record(&st, format!("slow answered {id}"));
+            json!({"content":[{"type":"text","text":"slow done"}]})
+        }
+        _ => {
+            return json_reply(
+                StatusCode::OK,
+                json!({"jsonrpc":"2.0","id":id,"error":{"code":-32601,"message":format!("no method {method}")}}),
+            );
+        }
+    };
+    json_reply(StatusCode::OK, json!({"jsonrpc":"2.0","id":id,"result":result}))
+}
+
+async fn on_get() -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
+}
+
+async fn on_delete(State(st): State<Arc<FakeState>>, headers: HeaderMap) -> StatusCode {
+    let session = headers.get(SESSION).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    let known = st.live.lock().unwrap().remove(&session);
+    record(&st, format!("DELETE {session}"));
+    if known { StatusCode::OK } else { StatusCode::NOT_FOUND }
+}
