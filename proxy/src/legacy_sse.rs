@@ -18,16 +18,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 use sse_stream::{Sse, SseStream};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
-use crate::config::DaemonSpec;
 use crate::discovery;
-use crate::relay::{Output, RelayError, encode_project};
-use crate::runtime::RuntimeDir;
+use crate::relay::RelayError;
+use crate::upstream::Link;
 
 const PROJECT_HEADER: &str = "mcp-project-path";
 const STREAM_ENDED: &str = "its event stream ended";
@@ -83,13 +82,7 @@ impl State {
 }
 
 pub struct SseRelay {
-    spec: DaemonSpec,
-    runtime: RuntimeDir,
-    manager_port: u16,
-    client: reqwest::Client,
-    project: Option<HeaderValue>,
-    extra_headers: HeaderMap,
-    out: Output,
+    link: Link,
     state: Mutex<State>,
     /// Held while opening a connection (and replaying on it), so only one task does.
     connecting: tokio::sync::Mutex<()>,
@@ -100,29 +93,9 @@ pub struct SseRelay {
 type Attempt = Result<(), (RelayError, u64)>;
 
 impl SseRelay {
-    pub fn new(
-        spec: DaemonSpec,
-        runtime: RuntimeDir,
-        manager_port: u16,
-        project: Option<&str>,
-        out: Output,
-    ) -> Arc<SseRelay> {
-        let project = project.and_then(|p| HeaderValue::from_str(&encode_project(p)).ok());
-        let mut extra_headers = HeaderMap::new();
-        for (k, v) in &spec.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                extra_headers.insert(k, v);
-            }
-        }
-        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+    pub fn new(link: Link) -> Arc<SseRelay> {
         Arc::new(SseRelay {
-            spec,
-            runtime,
-            manager_port,
-            client,
-            project,
-            extra_headers,
-            out,
+            link,
             state: Mutex::new(State::default()),
             connecting: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
@@ -130,7 +103,7 @@ impl SseRelay {
     }
 
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.link.spec.name
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -143,7 +116,7 @@ impl SseRelay {
         let relay = self.clone();
         tokio::spawn(async move {
             if let Err(e) = relay.connection(false).await {
-                crate::log(&relay.spec.name, &format!("{e}"));
+                crate::log(&relay.link.spec.name, &format!("{e}"));
             }
         });
     }
@@ -164,7 +137,7 @@ impl SseRelay {
             && matches!(e, RelayError::Connect(_) | RelayError::SessionGone)
             && !self.closing.load(Ordering::SeqCst)
         {
-            crate::log(&self.spec.name, &format!("{e}; recovering"));
+            crate::log(&self.link.spec.name, &format!("{e}; recovering"));
             {
                 let _guard = self.connecting.lock().await;
                 self.end_stream(*generation, true);
@@ -192,14 +165,14 @@ impl SseRelay {
             }
         }
         if let Err((e, _)) = result {
-            crate::log(&self.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
+            crate::log(&self.link.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
             if let (Some(id), Some(_)) = (id, method) {
                 // Discovery errors already name the daemon.
                 let message = match &e {
                     RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
-                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.spec.name),
+                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.link.spec.name),
                 };
-                self.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
+                self.link.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
             }
         }
     }
@@ -253,17 +226,21 @@ impl SseRelay {
     /// Finds or starts the daemon, opens `GET <base>/sse`, reads the `endpoint` event and
     /// hands the rest of the stream to a reader task.
     async fn open(self: &Arc<Self>) -> Result<Conn, RelayError> {
-        let found = discovery::find_or_start(&self.spec, &self.runtime, self.manager_port).await?;
+        let found = discovery::find_or_start(&self.link.spec, &self.link.runtime, self.link.manager_port).await?;
         if found.spawned {
-            crate::log(&self.spec.name, "started the daemon");
+            crate::log(&self.link.spec.name, "started the daemon");
         }
-        let mut base = self.spec.endpoint();
+        let mut base = self.link.spec.endpoint();
         if let Some(port) = found.port {
             let _ = base.set_port(Some(port));
         }
-        let mut req =
-            self.client.get(base.clone()).headers(self.extra_headers.clone()).header(ACCEPT, "text/event-stream");
-        if let Some(p) = &self.project {
+        let mut req = self
+            .link
+            .client
+            .get(base.clone())
+            .headers(self.link.extra_headers.clone())
+            .header(ACCEPT, "text/event-stream");
+        if let Some(p) = &self.link.project {
             req = req.header(PROJECT_HEADER, p.clone());
         }
         let handshake = async {
@@ -289,7 +266,7 @@ impl SseRelay {
                 }
             }
         };
-        let timeout = self.spec.startup_timeout;
+        let timeout = self.link.spec.startup_timeout;
         let (post, events) =
             tokio::time::timeout(timeout, handshake).await.map_err(|_| RelayError::Timeout(timeout))??;
         let generation = {
@@ -320,7 +297,7 @@ impl SseRelay {
             let event = match event {
                 Ok(event) => event,
                 Err(e) => {
-                    crate::log(&self.spec.name, &format!("event stream: {e}"));
+                    crate::log(&self.link.spec.name, &format!("event stream: {e}"));
                     break;
                 }
             };
@@ -335,11 +312,11 @@ impl SseRelay {
                     }
                 }
                 Ok(value) => self.dispatch(value).await,
-                Err(e) => crate::log(&self.spec.name, &format!("event stream: not JSON-RPC ({e}): {data:.200}")),
+                Err(e) => crate::log(&self.link.spec.name, &format!("event stream: not JSON-RPC ({e}): {data:.200}")),
             }
         }
         if !self.closing.load(Ordering::SeqCst) {
-            crate::log(&self.spec.name, STREAM_ENDED);
+            crate::log(&self.link.spec.name, STREAM_ENDED);
         }
         self.end_stream(generation, false);
     }
@@ -351,7 +328,7 @@ impl SseRelay {
             && value.get("id").is_some()
             && (value.get("result").is_some() || value.get("error").is_some());
         if !is_answer {
-            self.emit(&value).await;
+            self.link.emit(&value).await;
             return;
         }
         let key = value["id"].to_string();
@@ -359,11 +336,11 @@ impl SseRelay {
         match waiter {
             Some(waiter) => {
                 if waiter.deliver {
-                    self.emit(&value).await;
+                    self.link.emit(&value).await;
                 }
                 let _ = waiter.done.send(Ok(()));
             }
-            None => crate::log(&self.spec.name, &format!("dropping an answer for id {key}, which nothing awaits")),
+            None => crate::log(&self.link.spec.name, &format!("dropping an answer for id {key}, which nothing awaits")),
         }
     }
 
@@ -412,7 +389,7 @@ impl SseRelay {
             }
             None => None,
         };
-        let timeout = self.spec.request_timeout;
+        let timeout = self.link.spec.request_timeout;
         let result = tokio::time::timeout(timeout, self.post_and_wait(conn, message, key.as_deref(), deliver, answer))
             .await
             .unwrap_or(Err(RelayError::Timeout(timeout)));
@@ -436,12 +413,13 @@ impl SseRelay {
         answer: Option<oneshot::Receiver<Result<(), RelayError>>>,
     ) -> Result<(), RelayError> {
         let mut req = self
+            .link
             .client
             .post(conn.post.clone())
-            .headers(self.extra_headers.clone())
+            .headers(self.link.extra_headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(message.to_string());
-        if let Some(p) = &self.project {
+        if let Some(p) = &self.link.project {
             req = req.header(PROJECT_HEADER, p.clone());
         }
         let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
@@ -461,7 +439,7 @@ impl SseRelay {
                     }
                     self.state().pending.remove(key.unwrap_or_default());
                     if deliver {
-                        self.emit(&value).await;
+                        self.link.emit(&value).await;
                     }
                     Ok(())
                 }
@@ -475,23 +453,18 @@ impl SseRelay {
             if answers_us {
                 self.state().take_waiter(key.unwrap_or_default());
                 if deliver {
-                    self.emit(&value).await;
+                    self.link.emit(&value).await;
                 }
                 return Ok(());
             }
             if deliver {
-                self.emit(&value).await;
+                self.link.emit(&value).await;
             }
         }
         match answer {
             Some(answer) => answer.await.unwrap_or_else(|_| Err(RelayError::Connect(STREAM_ENDED.into()))),
             None => Ok(()),
         }
-    }
-
-    /// Writes one message to the client as one line.
-    async fn emit(&self, value: &Value) {
-        let _ = self.out.send(value.to_string()).await;
     }
 
     /// Ends the session: closing the event stream is how this transport says goodbye.

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio::sync::mpsc;
 
-use crate::config::{DaemonSpec, Transport};
+use crate::config::Transport;
 use crate::discovery::{self, DiscoveryError};
-use crate::runtime::RuntimeDir;
+use crate::upstream::Link;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -62,13 +62,7 @@ struct State {
 }
 
 pub struct Relay {
-    spec: DaemonSpec,
-    runtime: RuntimeDir,
-    manager_port: u16,
-    client: reqwest::Client,
-    project: Option<HeaderValue>,
-    extra_headers: HeaderMap,
-    out: Output,
+    link: Link,
     state: Mutex<State>,
     /// Held while finding the daemon or recovering, so only one task does either.
     connecting: tokio::sync::Mutex<()>,
@@ -76,29 +70,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
-        spec: DaemonSpec,
-        runtime: RuntimeDir,
-        manager_port: u16,
-        project: Option<&str>,
-        out: Output,
-    ) -> Arc<Relay> {
-        let project = project.and_then(|p| HeaderValue::from_str(&encode_project(p)).ok());
-        let mut extra_headers = HeaderMap::new();
-        for (k, v) in &spec.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                extra_headers.insert(k, v);
-            }
-        }
-        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+    pub fn new(link: Link) -> Arc<Relay> {
         Arc::new(Relay {
-            spec,
-            runtime,
-            manager_port,
-            client,
-            project,
-            extra_headers,
-            out,
+            link,
             state: Mutex::new(State::default()),
             connecting: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
@@ -106,7 +80,7 @@ impl Relay {
     }
 
     pub fn name(&self) -> &str {
-        &self.spec.name
+        &self.link.spec.name
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -119,7 +93,7 @@ impl Relay {
         let relay = self.clone();
         tokio::spawn(async move {
             if let Err(e) = relay.endpoint().await {
-                crate::log(&relay.spec.name, &format!("{e}"));
+                crate::log(&relay.link.spec.name, &format!("{e}"));
             }
         });
     }
@@ -133,11 +107,11 @@ impl Relay {
         if let Some(url) = self.state().endpoint.clone() {
             return Ok(url);
         }
-        let found = discovery::find_or_start(&self.spec, &self.runtime, self.manager_port).await?;
+        let found = discovery::find_or_start(&self.link.spec, &self.link.runtime, self.link.manager_port).await?;
         if found.spawned {
-            crate::log(&self.spec.name, "started the daemon");
+            crate::log(&self.link.spec.name, "started the daemon");
         }
-        let mut url = self.spec.endpoint();
+        let mut url = self.link.spec.endpoint();
         if let Some(port) = found.port {
             let _ = url.set_port(Some(port));
         }
@@ -161,7 +135,7 @@ impl Relay {
             && e.recoverable()
             && !self.closing.load(Ordering::SeqCst)
         {
-            crate::log(&self.spec.name, &format!("{e}; recovering"));
+            crate::log(&self.link.spec.name, &format!("{e}; recovering"));
             let seen = self.state().generation;
             result = match self.recover(seen, !is_initialize).await {
                 Ok(()) => self.post(&message, true).await,
@@ -169,14 +143,14 @@ impl Relay {
             };
         }
         if let Err(e) = result {
-            crate::log(&self.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
+            crate::log(&self.link.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
             if let (Some(id), Some(_)) = (id, method) {
                 // Discovery errors already name the daemon.
                 let message = match &e {
                     RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
-                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.spec.name),
+                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.link.spec.name),
                 };
-                self.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
+                self.link.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
             }
         }
     }
@@ -220,9 +194,10 @@ impl Relay {
             (st.session.clone(), st.version.clone(), st.generation)
         };
         let mut req = self
+            .link
             .client
             .post(url.clone())
-            .headers(self.extra_headers.clone())
+            .headers(self.link.extra_headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json, text/event-stream")
             .body(message.to_string());
@@ -232,10 +207,10 @@ impl Relay {
         if let Some(v) = version.as_deref().filter(|_| !is_initialize) {
             req = req.header(VERSION_HEADER, v);
         }
-        if let Some(p) = &self.project {
+        if let Some(p) = &self.link.project {
             req = req.header(PROJECT_HEADER, p.clone());
         }
-        let timeout = self.spec.request_timeout;
+        let timeout = self.link.spec.request_timeout;
         let exchange = async {
             let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
             let status = resp.status();
@@ -263,7 +238,7 @@ impl Relay {
                             serde_json::from_str(&data).map_err(|e| RelayError::BadReply(e.to_string()))?;
                         self.observe(&value, is_initialize);
                         if deliver {
-                            self.emit(&value).await;
+                            self.link.emit(&value).await;
                         }
                     }
                 }
@@ -274,7 +249,7 @@ impl Relay {
                 Ok(value) if status.is_success() => {
                     self.observe(&value, is_initialize);
                     if deliver {
-                        self.emit(&value).await;
+                        self.link.emit(&value).await;
                     }
                     Ok(())
                 }
@@ -285,7 +260,7 @@ impl Relay {
                         value["id"] = message["id"].clone();
                     }
                     if deliver {
-                        self.emit(&value).await;
+                        self.link.emit(&value).await;
                     }
                     Ok(())
                 }
@@ -293,7 +268,7 @@ impl Relay {
             }
         };
         let result = tokio::time::timeout(timeout, exchange).await.map_err(|_| RelayError::Timeout(timeout))?;
-        if result.is_ok() && is_initialize && self.spec.transport == Transport::StreamableHttp {
+        if result.is_ok() && is_initialize && self.link.spec.transport == Transport::StreamableHttp {
             self.clone().listen(generation);
         }
         result
@@ -320,15 +295,16 @@ impl Relay {
                     return;
                 }
                 let mut req = self
+                    .link
                     .client
                     .get(url)
-                    .headers(self.extra_headers.clone())
+                    .headers(self.link.extra_headers.clone())
                     .header(ACCEPT, "text/event-stream")
                     .header(SESSION_HEADER, session);
                 if let Some(v) = version {
                     req = req.header(VERSION_HEADER, v);
                 }
-                if let Some(p) = &self.project {
+                if let Some(p) = &self.link.project {
                     req = req.header(PROJECT_HEADER, p.clone());
                 }
                 match req.send().await {
@@ -338,7 +314,7 @@ impl Relay {
                         let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
                         while let Some(Ok(event)) = events.next().await {
                             if let Some(value) = event.data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
-                                self.emit(&value).await;
+                                self.link.emit(&value).await;
                             }
                         }
                     }
@@ -350,11 +326,6 @@ impl Relay {
         });
     }
 
-    /// Writes one message to the client as one line.
-    pub async fn emit(&self, value: &Value) {
-        let _ = self.out.send(value.to_string()).await;
-    }
-
     /// Ends the daemon-side session (best effort, bounded).
     pub async fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
@@ -363,7 +334,8 @@ impl Relay {
             (st.endpoint.clone(), st.session.clone())
         };
         if let (Some(url), Some(session)) = (url, session) {
-            let req = self.client.delete(url).headers(self.extra_headers.clone()).header(SESSION_HEADER, session);
+            let req =
+                self.link.client.delete(url).headers(self.link.extra_headers.clone()).header(SESSION_HEADER, session);
             let _ = tokio::time::timeout(Duration::from_secs(2), req.send()).await;
         }
     }

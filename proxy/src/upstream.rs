@@ -6,10 +6,45 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
 use crate::config::{DaemonSpec, Transport};
 use crate::legacy_sse::SseRelay;
-use crate::relay::{Output, Relay};
+use crate::relay::{Output, Relay, encode_project};
 use crate::runtime::RuntimeDir;
+
+/// What every relay needs: the daemon and how to find or start it, an HTTP client with
+/// the request headers every message carries, and the client's stdout.
+pub struct Link {
+    pub spec: DaemonSpec,
+    pub runtime: RuntimeDir,
+    pub manager_port: u16,
+    pub client: reqwest::Client,
+    /// `Mcp-Project-Path`, percent-encoded.
+    pub project: Option<HeaderValue>,
+    /// The daemon's configured `headers` (for `url` daemons).
+    pub extra_headers: HeaderMap,
+    pub out: Output,
+}
+
+impl Link {
+    pub fn new(spec: DaemonSpec, runtime: RuntimeDir, manager_port: u16, project: Option<&str>, out: Output) -> Link {
+        let project = project.and_then(|p| HeaderValue::from_str(&encode_project(p)).ok());
+        let mut extra_headers = HeaderMap::new();
+        for (k, v) in &spec.headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                extra_headers.insert(k, v);
+            }
+        }
+        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+        Link { spec, runtime, manager_port, client, project, extra_headers, out }
+    }
+
+    /// Writes one message to the client as one line.
+    pub async fn emit(&self, value: &Value) {
+        let _ = self.out.send(value.to_string()).await;
+    }
+}
 
 #[derive(Clone)]
 pub enum Upstream {
@@ -25,11 +60,11 @@ impl Upstream {
         project: Option<&str>,
         out: Output,
     ) -> Upstream {
-        match spec.transport {
-            Transport::Sse => Upstream::LegacySse(SseRelay::new(spec, runtime, manager_port, project, out)),
-            Transport::StreamableHttp | Transport::Http => {
-                Upstream::Streamable(Relay::new(spec, runtime, manager_port, project, out))
-            }
+        let transport = spec.transport;
+        let link = Link::new(spec, runtime, manager_port, project, out);
+        match transport {
+            Transport::Sse => Upstream::LegacySse(SseRelay::new(link)),
+            Transport::StreamableHttp | Transport::Http => Upstream::Streamable(Relay::new(link)),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,48 +113,11 @@ fn op_error(e: &OpError) -> Response {
 }
 
 async fn guard(req: Request, next: Next) -> Response {
-    if let Err(reason) = check_host_and_origin(req.headers()) {
+    if let Err(reason) = loopback_guard::check_host_and_origin(req.headers(), None) {
         log(&format!("refused {} {}: {reason}", req.method(), req.uri().path()));
         return error(StatusCode::FORBIDDEN, reason);
     }
     next.run(req).await
-}
-
-/// `Host` and `Origin`, when present, must name a loopback host (the manager only ever
-/// listens on 127.0.0.1).
-pub fn check_host_and_origin(headers: &HeaderMap) -> Result<(), String> {
-    if let Some(host) = headers.get(header::HOST) {
-        let host = host.to_str().map_err(|_| "Forbidden: Host header is not ASCII".to_string())?;
-        if !is_loopback_name(strip_port(host)) {
-            return Err(format!("Forbidden: Host {host:?} is not a loopback name (DNS-rebinding protection)"));
-        }
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().map_err(|_| "Forbidden: Origin header is not ASCII".to_string())?;
-        let host = origin
-            .split_once("://")
-            .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
-            .ok_or_else(|| format!("Forbidden: Origin {origin:?} is not a loopback origin"))?;
-        if !is_loopback_name(strip_port(host)) {
-            return Err(format!("Forbidden: Origin {origin:?} is not a loopback origin"));
-        }
-    }
-    Ok(())
-}
-
-/// `host:port`, `[v6]:port`, `[v6]` or `host` → the host part, brackets removed.
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
-}
-
-fn is_loopback_name(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn ping_route(State(st): State<AppState>) -> Response {
@@ -371,31 +334,6 @@ impl ApiClient {
         } else {
             let message = value.get("error").and_then(Value::as_str).unwrap_or(&text).to_owned();
             Err(ApiError::Status { status, message })
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_hosts_and_origins_pass() {
-        let mut h = HeaderMap::new();
-        for ok in ["127.0.0.1:3199", "localhost:3199", "[::1]:3199", "LOCALHOST"] {
-            h.insert(header::HOST, ok.parse().unwrap());
-            assert!(check_host_and_origin(&h).is_ok(), "{ok}");
-        }
-        for bad in ["evil.example", "evil.example:3199", "10.0.0.1:3199", "localhost.evil.example"] {
-            h.insert(header::HOST, bad.parse().unwrap());
-            assert!(check_host_and_origin(&h).is_err(), "{bad}");
-        }
-        h.insert(header::HOST, "127.0.0.1:3199".parse().unwrap());
-        h.insert(header::ORIGIN, "http://localhost:5173".parse().unwrap());
-        assert!(check_host_and_origin(&h).is_ok());
-        for bad in ["https://evil.example", "null"] {
-            h.insert(header::ORIGIN, bad.parse().unwrap());
-            assert!(check_host_and_origin(&h).is_err(), "{bad}");
         }
     }
 }
