@@ -51,6 +51,28 @@ async fn import_of_the_official_file_reads_back_as_the_official_graph() {
     let report = ok(memory_server(&env, &["import", s(&file), "--project", s(&project)]));
     assert!(report.contains("entities: 0 added, 11 already present"), "{report}");
     assert_eq!(http.read_graph().await, official_final_graph());
+
+    // The search index covers imported rows (indexed in bulk at the end of the import),
+    // and its triggers are back for later writes, the daemon's and a second import's.
+    let names_for = |graph: Value| e2e::entity_names(&graph);
+    let search = |q: &'static str| {
+        let http = http.clone();
+        async move { http.call_tool("search_nodes", json!({"query": q})).await["structuredContent"].clone() }
+    };
+    assert_eq!(names_for(search("日本の首").await), ["東京"]);
+    assert_eq!(names_for(search("BERLIN").await), ["Bob"]);
+    http.call_tool(
+        "create_entities",
+        json!({"entities":[{"name":"Zed","entityType":"t","observations":["after import"]}]}),
+    )
+    .await;
+    assert_eq!(names_for(search("AFTER IMP").await), ["Zed"]);
+    let more = env.dir.path().join("more.jsonl");
+    std::fs::write(&more, r#"{"type":"entity","name":"Yara","entityType":"t","observations":["second batch"]}"#)
+        .unwrap();
+    ok(memory_server(&env, &["import", s(&more), "--project", s(&project)]));
+    assert_eq!(names_for(search("SECOND BAT").await), ["Yara"]);
+    assert_eq!(names_for(search("日本の首").await), ["東京"], "earlier rows are not indexed twice or lost");
 }
 
 #[test]
@@ -93,6 +115,12 @@ fn malformed_lines_abort_with_the_line_number_and_change_nothing() {
         assert!(stderr.contains("nothing was imported"), "{what}: {stderr}");
         assert_eq!(ok(memory_server(&env, &["export", "--db", s(&db)])), before, "{what}: database unchanged");
     }
+    // The aborted imports' trigger changes were rolled back with them.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let triggers: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'", [], |r| r.get(0)).unwrap();
+    assert_eq!(triggers, 6, "the search index's triggers are all there");
+    drop(conn);
     let empty = env.dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     let report = ok(memory_server(&env, &["import", s(&empty), "--db", s(&db)]));

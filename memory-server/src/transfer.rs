@@ -82,6 +82,7 @@ pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError>
 
     store.with_writer(|conn| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite)?;
+        let deferred = DeferredIndex::begin(&tx).map_err(sqlite)?;
         let mut importer = Importer::new(&tx).map_err(sqlite)?;
         let mut line = String::new();
         let mut number = 0;
@@ -134,9 +135,61 @@ pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError>
         }
         let report = importer.report;
         drop(importer);
+        deferred.finish(&tx).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
         Ok(report)
     })
+}
+
+/// Row by row, the search index's insert triggers make a large import several times
+/// slower than indexing the new rows in one statement at the end. So, inside the
+/// import's transaction (other writers wait; a failure rolls the DDL back too), the
+/// insert triggers are dropped, the rows added after the import's starting point are
+/// indexed in bulk, and the triggers are recreated from their own stored SQL.
+struct DeferredIndex {
+    triggers: Vec<String>,
+    last_entity: i64,
+    last_observation: i64,
+}
+
+const INSERT_TRIGGERS: &str = "('entities_fts_insert', 'observations_fts_insert')";
+
+impl DeferredIndex {
+    fn begin(tx: &Connection) -> rusqlite::Result<Self> {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN {INSERT_TRIGGERS}"
+        ))?;
+        let triggers: Vec<(String, String)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        for (name, _) in &triggers {
+            tx.execute_batch(&format!("DROP TRIGGER \"{name}\""))?;
+        }
+        // New entity rowids are above the current maximum (SQLite allocates max + 1),
+        // observation ids too (AUTOINCREMENT).
+        let last_entity = tx.query_row("SELECT coalesce(max(rowid), 0) FROM entities", [], |r| r.get(0))?;
+        let last_observation = tx.query_row("SELECT coalesce(max(id), 0) FROM observations", [], |r| r.get(0))?;
+        Ok(DeferredIndex {
+            triggers: triggers.into_iter().map(|(_, sql)| sql).collect(),
+            last_entity,
+            last_observation,
+        })
+    }
+
+    fn finish(self, tx: &Connection) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO entity_fts(rowid, name, entity_type)
+                 SELECT rowid, lower(name), lower(entity_type) FROM entities WHERE rowid > ?1",
+            [self.last_entity],
+        )?;
+        tx.execute(
+            "INSERT INTO observation_fts(rowid, content) SELECT id, lower(content) FROM observations WHERE id > ?1",
+            [self.last_observation],
+        )?;
+        for sql in &self.triggers {
+            tx.execute_batch(sql)?;
+        }
+        Ok(())
+    }
 }
 
 struct Importer<'c> {
