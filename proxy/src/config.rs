@@ -267,6 +267,11 @@ transport = "sse"
     pub fn names(&self) -> Vec<&str> {
         self.daemons.keys().map(String::as_str).collect()
     }
+
+    /// The daemons we may start (not the `url` ones), by name.
+    pub fn local_names(&self) -> Vec<String> {
+        self.daemons.values().filter(|s| matches!(s.target, Target::Local { .. })).map(|s| s.name.clone()).collect()
+    }
 }
 
 /// Our `memory-server`: next to this executable, else whatever `PATH` finds.

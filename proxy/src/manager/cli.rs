@@ -169,13 +169,7 @@ async fn run(args: Args) -> Outcome {
         Command::StartAll => start_all(&ctx).await,
         Command::StopAll { timeout_secs } => stop_all(&ctx, stop_timeout(timeout_secs)?).await,
         Command::EnsureAll { quiet } => {
-            let names: Vec<String> = ctx
-                .config
-                .daemons
-                .values()
-                .filter(|s| matches!(s.target, Target::Local { .. }))
-                .map(|s| s.name.clone())
-                .collect();
+            let names = ctx.config.local_names();
             ensure_all(&ctx, &names, quiet).await
         }
         Command::Logs { name, lines } => logs(&ctx, &name, lines),

@@ -225,13 +225,7 @@ impl Manager {
 
     /// Starts every daemon that can be started (not `url` ones), all at once.
     pub async fn start_all(&self) -> AllReply {
-        let names: Vec<String> = self
-            .config
-            .daemons
-            .values()
-            .filter(|s| matches!(s.target, Target::Local { .. }))
-            .map(|s| s.name.clone())
-            .collect();
+        let names = self.config.local_names();
         let runs = names.iter().map(|n| async move {
             match self.start(n).await {
                 Ok(r) => ItemResult { name: n.clone(), ok: r.running, message: r.describe() },
@@ -242,13 +236,7 @@ impl Manager {
     }
 
     pub async fn stop_all(&self, timeout: Duration) -> AllReply {
-        let names: Vec<String> = self
-            .config
-            .daemons
-            .values()
-            .filter(|s| matches!(s.target, Target::Local { .. }))
-            .map(|s| s.name.clone())
-            .collect();
+        let names = self.config.local_names();
         let runs = names.iter().map(|n| async move {
             match self.stop(n, timeout).await {
                 Ok(r) => ItemResult { name: n.clone(), ok: true, message: r.describe() },
