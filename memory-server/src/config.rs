@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Largest accepted request body; larger ones get 413.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Milliseconds between keep-alive comments on open event streams (the session GET
+    /// stream and `subscriptions/listen`).
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_alive_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -110,6 +114,7 @@ pub struct DaemonConfig {
     pub token: Option<String>,
     pub session_idle: Duration,
     pub max_body_bytes: usize,
+    pub keep_alive: Duration,
     pub global_db: PathBuf,
 }
 
@@ -145,6 +150,7 @@ impl DaemonConfig {
             token,
             session_idle: Duration::from_secs(args.session_idle_secs),
             max_body_bytes: args.max_body_bytes,
+            keep_alive: Duration::from_millis(args.keep_alive_ms),
             global_db: global_db_path()?,
         })
     }

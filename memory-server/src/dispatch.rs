@@ -3,6 +3,7 @@
 //! the transport (see `routing`), its session (if any) from the caller.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -18,12 +19,31 @@ const LOG_LEVELS: &[&str] = &["debug", "info", "notice", "warning", "error", "cr
 pub struct McpServer {
     pub router: Router,
     pub sessions: SessionRegistry,
+    /// Open `subscriptions/listen` streams (2026-07-28, see `stateless`).
+    pub(crate) listen_streams: Arc<AtomicUsize>,
+    /// Cancelled at shutdown: ends `subscriptions/listen` streams gracefully.
+    pub shutdown: tokio_util::sync::CancellationToken,
     started: Instant,
+}
+
+/// The server identity (`serverInfo` at `initialize`, `_meta` of 2026-07-28 results).
+pub fn server_info() -> Value {
+    json!({
+        "name": "memory-server",
+        "title": "Memory (shared SQLite daemon)",
+        "version": env!("CARGO_PKG_VERSION"),
+    })
 }
 
 impl McpServer {
     pub fn new(router: Router, session_idle: Duration) -> Self {
-        Self { router, sessions: SessionRegistry::new(session_idle), started: Instant::now() }
+        Self {
+            router,
+            sessions: SessionRegistry::new(session_idle),
+            listen_streams: Arc::new(AtomicUsize::new(0)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            started: Instant::now(),
+        }
     }
 
     pub fn uptime(&self) -> Duration {
@@ -45,11 +65,7 @@ impl McpServer {
                 "resources": { "subscribe": true, "listChanged": false },
                 "logging": {},
             },
-            "serverInfo": {
-                "name": "memory-server",
-                "title": "Memory (shared SQLite daemon)",
-                "version": env!("CARGO_PKG_VERSION"),
-            },
+            "serverInfo": server_info(),
         });
         Ok((result, version))
     }

@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod routing;
 pub mod serve;
 pub mod session;
+pub mod stateless;
 pub mod store;
 pub mod tools;
 pub mod transfer;

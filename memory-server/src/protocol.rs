@@ -8,6 +8,12 @@ use serde_json::{Map, Value, json};
 pub const SESSION_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 /// The answer to an `initialize` asking for a version we do not speak.
 pub const LATEST_VERSION: &str = "2025-11-25";
+/// The stateless revision (no handshake, no sessions; SPEC 2.9), served per request.
+pub const STATELESS_VERSION: &str = "2026-07-28";
+/// Every version we speak, newest first (`server/discover`, `UnsupportedProtocolVersion` data).
+pub const ALL_VERSIONS: &[&str] = &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// `_meta` key carrying a stateless request's protocol version.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 
 /// JSON-RPC and MCP error codes.
 pub mod code {
@@ -18,6 +24,10 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// MCP: resource not found.
     pub const RESOURCE_NOT_FOUND: i64 = -32002;
+    /// 2026-07-28: HTTP headers missing or not matching the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// 2026-07-28: the request's protocol version is not one we serve.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 }
 
 /// Returns the canonical `'static` spelling of a supported session-based version.
@@ -30,6 +40,14 @@ pub fn supported_version(v: &str) -> Option<&'static str> {
 /// explicitly dropped batching refuse them.
 pub fn version_allows_batch(v: &str) -> bool {
     v <= "2025-03-26"
+}
+
+/// The version a request names in `params._meta["io.modelcontextprotocol/protocolVersion"]`,
+/// which marks it as a request of the stateless revision: `None` when absent,
+/// `Some(Err(()))` when present but not a string.
+pub fn meta_version(params: Option<&Value>) -> Option<Result<&str, ()>> {
+    let v = params?.get("_meta")?.get(META_PROTOCOL_VERSION)?;
+    Some(v.as_str().ok_or(()))
 }
 
 /// A JSON-RPC request id: a string or a number (MCP forbids null).
@@ -61,6 +79,17 @@ impl RpcError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(code::INTERNAL_ERROR, message)
+    }
+
+    pub fn header_mismatch(message: impl Into<String>) -> Self {
+        Self::new(code::HEADER_MISMATCH, format!("Header mismatch: {}", message.into()))
+    }
+    pub fn unsupported_version(requested: &str) -> Self {
+        Self {
+            code: code::UNSUPPORTED_PROTOCOL_VERSION,
+            message: format!("Unsupported protocol version: {requested} (supported: {})", ALL_VERSIONS.join(", ")),
+            data: Some(json!({ "supported": ALL_VERSIONS, "requested": requested })),
+        }
     }
 
     pub fn to_value(&self) -> Value {

@@ -67,6 +67,7 @@ pub async fn serve(config: DaemonConfig) -> Result<(), ServeError> {
             tracing::info!("SIGTERM: finishing in-flight requests");
             // Open GET streams would otherwise hold graceful shutdown open forever.
             server.sessions.close_all();
+            server.shutdown.cancel();
             let _ = drain_tx.send(());
         }
     };

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::discovery;
-use crate::relay::RelayError;
+use crate::relay::{RelayError, error_chain};
 use crate::upstream::Link;
 
 const PROJECT_HEADER: &str = "mcp-project-path";
@@ -499,18 +499,6 @@ pub fn resolve_endpoint(base: &url::Url, announced: &str) -> Result<url::Url, Re
         )));
     }
     Ok(url)
-}
-
-/// An error with its causes, which is where reqwest says "connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod legacy_sse;
 pub mod manager;
 pub mod relay;
 pub mod runtime;
+pub mod stateless;
 pub mod stdio;
 pub mod upstream;
 

@@ -3,7 +3,14 @@
 //! when the daemon restarts, forgets the session (404) or refuses the connection, it can
 //! find or restart the daemon, replay the handshake and retry the message once: the
 //! client never notices.
+//!
+//! Requests of the stateless revisions (2026-07-28 on, [`stateless`]) go out with the
+//! headers mirrored from their body and without a session; nothing is replayed for them
+//! (there is no handshake), a `subscriptions/listen` stream is relayed for as long as it
+//! stays open, and the client's `notifications/cancelled` for one of them closes its
+//! stream (the revision's cancellation on HTTP) instead of being POSTed.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,10 +19,11 @@ use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sse_stream::SseStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Transport;
 use crate::discovery::{self, DiscoveryError};
+use crate::stateless;
 use crate::upstream::Link;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -38,6 +46,10 @@ pub enum RelayError {
     Http { status: u16, body: String },
     #[error("its answer was not JSON-RPC: {0}")]
     BadReply(String),
+    /// A stateless request's response stream ended before its response. Not retried:
+    /// the request may have run, and a listen stream may already have been acknowledged.
+    #[error("it closed the response stream before answering{0}")]
+    StreamClosed(String),
 }
 
 impl RelayError {
@@ -59,6 +71,14 @@ struct State {
     generation: u64,
     initialize: Option<Value>,
     initialized: Option<Value>,
+    /// The client has sent requests of a stateless revision.
+    stateless_client: bool,
+}
+
+/// A stateless request in flight, which the client may cancel (closing its stream).
+struct InFlight {
+    listen: bool,
+    cancel: oneshot::Sender<()>,
 }
 
 pub struct Relay {
@@ -67,6 +87,10 @@ pub struct Relay {
     /// Held while finding the daemon or recovering, so only one task does either.
     connecting: tokio::sync::Mutex<()>,
     closing: AtomicBool,
+    /// Stateless requests in flight, by their JSON-RPC id (as JSON text).
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    /// The `x-mcp-header` annotations of the tools a stateless `tools/list` returned.
+    tool_headers: Mutex<HashMap<String, stateless::ParamHeaders>>,
 }
 
 impl Relay {
@@ -76,6 +100,8 @@ impl Relay {
             state: Mutex::new(State::default()),
             connecting: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+            tool_headers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -85,6 +111,10 @@ impl Relay {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts finding (or starting) the daemon now, while the client is still sending
@@ -125,23 +155,48 @@ impl Relay {
         let method = message.get("method").and_then(Value::as_str).map(str::to_owned);
         let id = message.get("id").cloned();
         let is_initialize = method.as_deref() == Some("initialize");
+        let stateless = stateless::revision(&message).is_some();
         match method.as_deref() {
             Some("initialize") => self.state().initialize = Some(message.clone()),
             Some("notifications/initialized") => self.state().initialized = Some(message.clone()),
+            Some("notifications/cancelled") if self.cancel(&message) => return,
+            _ if stateless => self.state().stateless_client = true,
             _ => {}
         }
-        let mut result = self.post(&message, true).await;
-        if let Err(e) = &result
-            && e.recoverable()
-            && !self.closing.load(Ordering::SeqCst)
-        {
-            crate::log(&self.link.spec.name, &format!("{e}; recovering"));
-            let seen = self.state().generation;
-            result = match self.recover(seen, !is_initialize).await {
-                Ok(()) => self.post(&message, true).await,
-                Err(e) => Err(e),
-            };
-        }
+        let attempt = async {
+            let mut result = self.post(&message, true).await;
+            if let Err(e) = &result
+                && e.recoverable()
+                && !self.closing.load(Ordering::SeqCst)
+            {
+                crate::log(&self.link.spec.name, &format!("{e}; recovering"));
+                let seen = self.state().generation;
+                // A stateless client has no handshake to replay.
+                result = match self.recover(seen, !is_initialize && !stateless).await {
+                    Ok(()) => self.post(&message, true).await,
+                    Err(e) => Err(e),
+                };
+            }
+            result
+        };
+        let result = match id.as_ref().filter(|_| stateless) {
+            Some(id) => {
+                let key = id.to_string();
+                let (cancel, cancelled) = oneshot::channel();
+                let listen = method.as_deref() == Some(stateless::LISTEN);
+                self.in_flight().insert(key.clone(), InFlight { listen, cancel });
+                let outcome = tokio::select! {
+                    result = attempt => Some(result),
+                    Ok(()) = cancelled => None,
+                };
+                self.in_flight().remove(&key);
+                match outcome {
+                    Some(result) => result,
+                    None => return, // dropping the exchange closed its stream
+                }
+            }
+            None => attempt.await,
+        };
         if let Err(e) = result {
             crate::log(&self.link.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
             if let (Some(id), Some(_)) = (id, method) {
@@ -151,6 +206,33 @@ impl Relay {
                     _ => format!("mcp-proxy: daemon `{}`: {e}", self.link.spec.name),
                 };
                 self.link.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
+            }
+        }
+    }
+
+    /// Handles the client's `notifications/cancelled` when it concerns a stateless
+    /// request: the request's stream is closed (which is how that revision cancels over
+    /// HTTP) and nothing is POSTed. Returns whether it was handled here.
+    fn cancel(&self, notification: &Value) -> bool {
+        let Some(request_id) = notification.pointer("/params/requestId") else { return false };
+        if let Some(entry) = self.in_flight().remove(&request_id.to_string()) {
+            let _ = entry.cancel.send(());
+            return true;
+        }
+        // A stateless client cancelling something already finished: HTTP has no
+        // client notifications in that revision, so there is nothing to send.
+        let st = self.state();
+        st.stateless_client && st.initialize.is_none()
+    }
+
+    /// Closes every `subscriptions/listen` stream (the client is going away; they
+    /// would otherwise never finish).
+    pub fn end_listens(&self) {
+        let mut in_flight = self.in_flight();
+        let listens: Vec<String> = in_flight.iter().filter(|(_, f)| f.listen).map(|(k, _)| k.clone()).collect();
+        for key in listens {
+            if let Some(entry) = in_flight.remove(&key) {
+                let _ = entry.cancel.send(());
             }
         }
     }
@@ -189,9 +271,16 @@ impl Relay {
     async fn post(self: &Arc<Self>, message: &Value, deliver: bool) -> Result<(), RelayError> {
         let url = self.endpoint().await?;
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
+        let revision = stateless::revision(message);
+        let is_listen = revision.is_some() && message.get("method").and_then(Value::as_str) == Some(stateless::LISTEN);
         let (session, version, generation) = {
             let st = self.state();
             (st.session.clone(), st.version.clone(), st.generation)
+        };
+        // A stateless request carries its own version and never a session.
+        let (session, version) = match revision {
+            Some(_) => (None, None),
+            None => (session, version),
         };
         let mut req = self
             .link
@@ -210,9 +299,21 @@ impl Relay {
         if let Some(p) = &self.link.project {
             req = req.header(PROJECT_HEADER, p.clone());
         }
+        if let Some(revision) = revision {
+            for (name, value) in stateless::headers(message, revision) {
+                req = req.header(name, value);
+            }
+            for (name, value) in self.param_headers(message) {
+                req = req.header(name, value);
+            }
+        }
+        let lists_tools = revision.is_some() && message.get("method").and_then(Value::as_str) == Some("tools/list");
         let timeout = self.link.spec.request_timeout;
         let exchange = async {
-            let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+            let resp = tokio::time::timeout(timeout, req.send())
+                .await
+                .map_err(|_| RelayError::Timeout(timeout))?
+                .map_err(|e| RelayError::Connect(error_chain(&e)))?;
             let status = resp.status();
             if is_initialize && status.is_success() {
                 let sid = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -231,23 +332,38 @@ impl Relay {
                 .is_some_and(|ct| ct.starts_with("text/event-stream"));
             if status.is_success() && is_sse {
                 let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+                let mut answered = false;
                 while let Some(event) = events.next().await {
-                    let event = event.map_err(|e| RelayError::Connect(e.to_string()))?;
+                    let event = event.map_err(|e| match revision {
+                        Some(_) => RelayError::StreamClosed(format!(": {e}")),
+                        None => RelayError::Connect(e.to_string()),
+                    })?;
                     if let Some(data) = event.data.filter(|d| !d.trim().is_empty()) {
-                        let value: Value =
+                        let mut value: Value =
                             serde_json::from_str(&data).map_err(|e| RelayError::BadReply(e.to_string()))?;
                         self.observe(&value, is_initialize);
+                        let answer = value.get("method").is_none() && value.get("id") == message.get("id");
+                        if answer && lists_tools {
+                            self.learn_tools(&mut value);
+                        }
+                        answered |= answer;
                         if deliver {
                             self.link.emit(&value).await;
                         }
                     }
                 }
+                if revision.is_some() && message.get("id").is_some() && !answered {
+                    return Err(RelayError::StreamClosed(String::new()));
+                }
                 return Ok(());
             }
             let text = resp.text().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
             match serde_json::from_str::<Value>(&text) {
-                Ok(value) if status.is_success() => {
+                Ok(mut value) if status.is_success() => {
                     self.observe(&value, is_initialize);
+                    if lists_tools {
+                        self.learn_tools(&mut value);
+                    }
                     if deliver {
                         self.link.emit(&value).await;
                     }
@@ -267,11 +383,54 @@ impl Relay {
                 _ => Err(RelayError::Http { status: status.as_u16(), body: text.chars().take(300).collect() }),
             }
         };
-        let result = tokio::time::timeout(timeout, exchange).await.map_err(|_| RelayError::Timeout(timeout))?;
+        // A listen stream lasts as long as the daemon keeps it open: no timeout.
+        let result = match is_listen {
+            true => exchange.await,
+            false => tokio::time::timeout(timeout, exchange).await.map_err(|_| RelayError::Timeout(timeout))?,
+        };
         if result.is_ok() && is_initialize && self.link.spec.transport == Transport::StreamableHttp {
             self.clone().listen(generation);
         }
         result
+    }
+
+    fn tool_headers(&self) -> std::sync::MutexGuard<'_, HashMap<String, stateless::ParamHeaders>> {
+        self.tool_headers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns the tools' `x-mcp-header` annotations from a stateless `tools/list` answer,
+    /// leaving out (and logging) tools whose annotations break the revision's rules.
+    fn learn_tools(&self, answer: &mut Value) {
+        let Some(tools) = answer.pointer_mut("/result/tools").and_then(Value::as_array_mut) else { return };
+        let mut known = self.tool_headers();
+        tools.retain(|tool| {
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            match stateless::param_headers(tool.get("inputSchema").unwrap_or(&Value::Null)) {
+                Ok(found) if found.is_empty() => {
+                    known.remove(&name);
+                    true
+                }
+                Ok(found) => {
+                    known.insert(name, found);
+                    true
+                }
+                Err(reason) => {
+                    crate::log(&self.link.spec.name, &format!("tools/list: left out tool `{name}`: {reason}"));
+                    known.remove(&name);
+                    false
+                }
+            }
+        });
+    }
+
+    /// The `Mcp-Param-*` headers of a stateless `tools/call` of an annotated tool.
+    fn param_headers(&self, message: &Value) -> Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+        if message.get("method").and_then(Value::as_str) != Some("tools/call") {
+            return Vec::new();
+        }
+        let Some(name) = message.pointer("/params/name").and_then(Value::as_str) else { return Vec::new() };
+        let arguments = message.pointer("/params/arguments").unwrap_or(&Value::Null);
+        self.tool_headers().get(name).map(|found| stateless::param_values(found, arguments)).unwrap_or_default()
     }
 
     /// Learns the negotiated protocol version from an `initialize` answer.
@@ -350,7 +509,7 @@ pub fn encode_project(path: &str) -> String {
 }
 
 /// An error with its causes, which is where reqwest says "connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

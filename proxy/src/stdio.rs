@@ -3,7 +3,8 @@
 //! the handshake (`initialize`, `notifications/initialized`), each of which completes
 //! before anything after it is sent; one writer task owns
 //! stdout so every write is one whole line. stdin EOF or SIGTERM: stop reading, let
-//! in-flight requests finish (bounded), end the daemon-side session.
+//! in-flight requests finish (bounded; open `subscriptions/listen` streams are closed),
+//! end the daemon-side session.
 
 use std::time::Duration;
 
@@ -77,6 +78,7 @@ pub async fn run<R: Into<Upstream>>(
             in_flight.spawn(async move { relay.forward(message).await });
         }
     }
+    relay.end_listens();
     let _ = tokio::time::timeout(drain, async { while in_flight.join_next().await.is_some() {} }).await;
     relay.close().await;
     drop(relay);

@@ -91,6 +91,14 @@ impl Upstream {
         }
     }
 
+    /// Closes the open `subscriptions/listen` streams (stdin ended: they never finish).
+    pub fn end_listens(&self) {
+        match self {
+            Upstream::Streamable(r) => r.end_listens(),
+            Upstream::LegacySse(_) => {}
+        }
+    }
+
     /// Ends the daemon-side session (best effort, bounded).
     pub async fn close(&self) {
         match self {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod venv;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -368,6 +369,19 @@ impl Proxy {
     pub async fn request(&mut self, id: u64, method: &str, params: Value) -> Value {
         self.send(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params})).await;
         self.response(id).await
+    }
+
+    /// Sends a whole request and returns the response with its (numeric) id.
+    pub async fn request_message(&mut self, message: Value) -> Value {
+        let id = message["id"].as_u64().expect("a numeric id");
+        self.send(&message).await;
+        self.response(id).await
+    }
+
+    /// Sends a message and returns the next message on stdout (e.g. a stream's first).
+    pub async fn first_after(&mut self, message: Value) -> Value {
+        self.send(&message).await;
+        self.next_message().await
     }
 
     /// `initialize` (id 0) and `notifications/initialized`; returns the initialize result.

@@ -44,8 +44,30 @@ pub enum StoreError {
     Pool { path: PathBuf, source: r2d2::Error },
     #[error("{path}: database stayed locked by another process for {secs} s", secs = WRITE_DEADLINE.as_secs())]
     Locked { path: PathBuf },
+    #[error("{path}: the write was cancelled (the client closed its request) before it committed")]
+    Cancelled { path: PathBuf },
     #[error(transparent)]
     Graph(GraphError),
+}
+
+thread_local! {
+    /// The cancellation flag of the request this blocking thread works for (see
+    /// [`with_cancel`]); a write checks it before it starts and before it commits.
+    static CANCEL: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this (blocking) thread with `cancel` as the current request's flag:
+/// once it is set, [`Store::write`] gives up with [`StoreError::Cancelled`] instead of
+/// starting or committing its transaction.
+pub fn with_cancel<T>(cancel: Option<Arc<AtomicBool>>, f: impl FnOnce() -> T) -> T {
+    let previous = CANCEL.with(|c| c.replace(cancel));
+    let out = f();
+    CANCEL.with(|c| *c.borrow_mut() = previous);
+    out
+}
+
+fn cancelled() -> bool {
+    CANCEL.with(|c| c.borrow().as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst)))
 }
 
 impl StoreError {
@@ -140,6 +162,10 @@ impl Store {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let deadline = Instant::now() + WRITE_DEADLINE;
         loop {
+            if cancelled() {
+                tracing::info!(db = %self.path.display(), "write cancelled before commit");
+                return Err(StoreError::Cancelled { path: self.path.clone() });
+            }
             let before = conn.total_changes();
             match run_write(&mut conn, &mut f) {
                 Ok(value) => {
@@ -147,6 +173,10 @@ impl Store {
                         let _ = self.changes.send(());
                     }
                     return Ok(value);
+                }
+                Err(_) if cancelled() => {
+                    tracing::info!(db = %self.path.display(), "write cancelled before commit");
+                    return Err(StoreError::Cancelled { path: self.path.clone() });
                 }
                 Err(GraphError::Sqlite(e)) if is_busy(&e) && Instant::now() < deadline => {
                     tracing::debug!(db = %self.path.display(), "write lock busy, retrying");
@@ -252,6 +282,13 @@ fn run_write<T>(
     f: &mut impl FnMut(&Connection) -> Result<T, GraphError>,
 ) -> Result<T, GraphError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if cancelled() {
+        // Dropping the transaction rolls it back; the caller reports the cancellation.
+        return Err(GraphError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
+            Some("cancelled".into()),
+        )));
+    }
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)

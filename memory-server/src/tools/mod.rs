@@ -130,7 +130,11 @@ enum ToolError {
 
 /// Runs a parsed call on a blocking thread against `store`.
 pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Value, RpcError> {
-    tokio::task::spawn_blocking(move || call.run(&store))
+    // A request that can be cancelled (2026-07-28, see `stateless::cancellable`) sets its
+    // flag when this future is dropped; the blocking write sees it before committing.
+    let cancel = crate::stateless::cancel_flag();
+    let _on_drop = cancel.clone().map(crate::stateless::SetOnDrop);
+    tokio::task::spawn_blocking(move || crate::store::with_cancel(cancel, || call.run(&store)))
         .await
         .map_err(|e| RpcError::internal(format!("tool call panicked: {e}")))
 }

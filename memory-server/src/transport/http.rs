@@ -1,10 +1,10 @@
 //! MCP streamable HTTP on `/mcp` (POST messages, GET server stream, DELETE session) plus
 //! `/health`. This is the edge: headers and bodies are validated here and every failure
-//! is mapped once to an HTTP status and a JSON-RPC error body.
+//! is mapped once to an HTTP status and a JSON-RPC error body. Requests of the stateless
+//! revision 2026-07-28 are recognised here and framed by `transport::stateless`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router as AxumRouter;
 use axum::body::Bytes;
@@ -22,17 +22,17 @@ use super::guard::guard;
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
 use crate::protocol::{
-    Message, RequestId, RpcError, SESSION_VERSIONS, error_response, parse_json, response, supported_version,
-    version_allows_batch,
+    Message, RequestId, RpcError, SESSION_VERSIONS, STATELESS_VERSION, error_response, parse_json, response,
+    supported_version, version_allows_batch,
 };
 use crate::routing::{PROJECT_HEADER, ProjectPath, with_project};
 use crate::session::{Session, StreamGuard};
+use crate::stateless::is_stateless;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// MCP's error code for an unknown session (as the official SDKs send it).
 const SESSION_NOT_FOUND: i64 = -32001;
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -82,6 +82,17 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
             &RpcError::invalid_request("Not Acceptable: Accept must allow application/json or text/event-stream"),
         );
     };
+    let parsed = body.map(|b| parse_json(&b));
+    // 2026-07-28 (SPEC 2.9): told apart per request by the body's `_meta` version or the
+    // header naming that revision; served without a session.
+    let body_stateless = matches!(&parsed, Ok(Ok(Value::Object(o))) if is_stateless(o.get("params")));
+    let header_stateless = headers.get(VERSION_HEADER).is_some_and(|v| v.as_bytes() == STATELESS_VERSION.as_bytes());
+    if body_stateless || header_stateless {
+        return match parsed {
+            Ok(parsed) => super::stateless::post(&st, &headers, parsed, reply_as).await,
+            Err(rejection) => body_rejected(&rejection, st.config.max_body_bytes),
+        };
+    }
     let header_version = match protocol_version_header(&headers) {
         Ok(v) => v,
         Err(resp) => return resp,
@@ -90,13 +101,10 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
         Ok(s) => s,
         Err(resp) => return resp,
     };
-    let body = match body {
-        Ok(body) => body,
+    let value = match parsed {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return rpc_error_response(StatusCode::BAD_REQUEST, None, &e),
         Err(rejection) => return body_rejected(&rejection, st.config.max_body_bytes),
-    };
-    let value = match parse_json(&body) {
-        Ok(v) => v,
-        Err(e) => return rpc_error_response(StatusCode::BAD_REQUEST, None, &e),
     };
 
     match value {
@@ -195,7 +203,9 @@ async fn get_mcp(State(st): State<AppState>, headers: HeaderMap) -> Response {
         }
         Err(resp) => return resp,
     };
-    Sse::new(event_stream(session.open_stream())).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+    Sse::new(event_stream(session.open_stream()))
+        .keep_alive(KeepAlive::new().interval(st.config.keep_alive))
+        .into_response()
 }
 
 fn event_stream(guard: StreamGuard) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -223,7 +233,7 @@ async fn health(State(st): State<AppState>) -> Response {
         "uptime_secs": st.server.uptime().as_secs(),
         "open_stores": st.server.router.registry().open_count(),
         "live_sessions": st.server.sessions.len(),
-        "listen_streams": 0,
+        "listen_streams": st.server.listen_count(),
         "global_db": st.server.router.global_db().display().to_string(),
     }))
     .into_response()
@@ -269,13 +279,13 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
 
 /// How a POST's answer is framed: JSON unless the client only accepts an event stream.
 #[derive(Clone, Copy)]
-enum ReplyFormat {
+pub(super) enum ReplyFormat {
     Json,
     EventStream,
 }
 
 impl ReplyFormat {
-    fn respond(self, status: StatusCode, body: Value) -> Response {
+    pub(super) fn respond(self, status: StatusCode, body: Value) -> Response {
         match self {
             ReplyFormat::Json => (status, axum::Json(body)).into_response(),
             ReplyFormat::EventStream => {
@@ -297,7 +307,7 @@ fn negotiate_reply(headers: &HeaderMap) -> Option<ReplyFormat> {
     }
 }
 
-fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+pub(super) fn accepts(headers: &HeaderMap, mime: &str) -> bool {
     let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
         let range = range.split(';').next().unwrap_or("").trim();

@@ -4,4 +4,5 @@
 
 pub mod guard;
 pub mod http;
+mod stateless;
 pub mod stdio;

@@ -9,9 +9,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::dispatch::McpServer;
-use crate::protocol::{Message, error_response, parse_json, response};
+use crate::protocol::{Message, RequestId, error_response, parse_json, response};
 use crate::routing::{ProjectPath, with_project};
 use crate::session::{Session, SessionRegistry};
+use crate::stateless::{self, LISTEN};
 
 /// Serves stdin until EOF.
 pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::io::Result<()> {
@@ -42,6 +43,7 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::i
         }
     });
 
+    let mut listens = Listens { out: out_tx.clone(), tasks: Vec::new() };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         if line.trim().is_empty() {
@@ -49,7 +51,7 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::i
         }
         let reply = match parse_json(line.as_bytes()) {
             Err(e) => Some(error_response(None, &e)),
-            Ok(value) => with_project(project.clone(), handle(&server, &session, value)).await,
+            Ok(value) => with_project(project.clone(), handle(&server, &session, &mut listens, value)).await,
         };
         if let Some(reply) = reply
             && out_tx.send(reply).await.is_err()
@@ -58,16 +60,39 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::i
         }
     }
     forward.abort();
+    for (_, task) in listens.tasks.drain(..) {
+        task.abort();
+    }
+    drop(listens);
     drop(out_tx);
     drop(sessions);
     writer.await.map_err(std::io::Error::other)?
 }
 
-async fn handle(server: &McpServer, session: &Arc<Session>, value: Value) -> Option<Value> {
+/// The open `subscriptions/listen` subscriptions of this stdio client (2026-07-28),
+/// each a task writing its notifications to stdout, ended by `notifications/cancelled`.
+struct Listens {
+    out: mpsc::Sender<Value>,
+    tasks: Vec<(RequestId, tokio::task::JoinHandle<()>)>,
+}
+
+impl Listens {
+    fn cancel(&mut self, id: &Value) {
+        self.tasks.retain(|(task_id, task)| {
+            let keep = task_id != id && !task.is_finished();
+            if task_id == id {
+                task.abort();
+            }
+            keep
+        });
+    }
+}
+
+async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listens, value: Value) -> Option<Value> {
     if let Value::Array(items) = value {
         let mut replies = Vec::new();
         for item in items {
-            if let Some(r) = Box::pin(handle(server, session, item)).await {
+            if let Some(r) = Box::pin(handle(server, session, listens, item)).await {
                 replies.push(r);
             }
         }
@@ -75,6 +100,41 @@ async fn handle(server: &McpServer, session: &Arc<Session>, value: Value) -> Opt
     }
     match Message::from_value(value) {
         Err((id, e)) => Some(error_response(id.as_ref(), &e)),
+        Ok(Message::Request { id, method, params }) if stateless::is_stateless(params.as_ref()) => {
+            // 2026-07-28 on stdio: the version travels in `_meta`, no handshake needed.
+            if let Err(e) = stateless::check_version(params.as_ref()) {
+                return Some(error_response(Some(&id), &e));
+            }
+            if method != LISTEN {
+                return Some(match server.handle_stateless(&method, params).await {
+                    Ok(r) => response(&id, r),
+                    Err(e) => error_response(Some(&id), &e),
+                });
+            }
+            match server.listen(&id, params.as_ref()).await {
+                Err(e) => Some(error_response(Some(&id), &e)),
+                Ok(mut listener) => {
+                    let out = listens.out.clone();
+                    let task = tokio::spawn(async move {
+                        loop {
+                            let message = listener.next().await;
+                            if out.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    listens.cancel(&id);
+                    listens.tasks.push((id, task));
+                    None
+                }
+            }
+        }
+        Ok(Message::Notification { method, params }) if method == "notifications/cancelled" => {
+            if let Some(id) = params.as_ref().and_then(|p| p.get("requestId")) {
+                listens.cancel(id);
+            }
+            None
+        }
         Ok(Message::Request { id, method, params }) => {
             let result = if method == "initialize" {
                 McpServer::initialize(params.as_ref()).map(|(result, _)| result)

@@ -1,0 +1,309 @@
+//! The stateless protocol revision 2026-07-28 (SPEC 2.9), transport-agnostic: which
+//! requests belong to it, the version and header rules, `server/discover`, result
+//! decoration (`resultType`, server identity, `ttlMs`/`cacheScope`) and
+//! `subscriptions/listen`. The transports (`transport::http`, `transport::stdio`) only
+//! frame what this module decides.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::dispatch::{McpServer, server_info};
+use crate::protocol::{
+    ALL_VERSIONS, META_PROTOCOL_VERSION, RequestId, RpcError, STATELESS_VERSION, code, meta_version, notification,
+    response,
+};
+use crate::tools::GRAPH_RESOURCE_URI;
+
+pub const LISTEN: &str = "subscriptions/listen";
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+pub const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
+pub const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// The methods of 2026-07-28 we serve. `ping`, `logging/setLevel`, `initialize` and
+/// `resources/(un)subscribe` do not exist in this revision.
+pub const METHODS: &[&str] = &[
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    LISTEN,
+];
+
+/// How long static lists may be cached (the tool catalog and resource list never change
+/// while a daemon runs).
+const STATIC_TTL_MS: u64 = 3_600_000;
+
+tokio::task_local! {
+    static CANCEL: Arc<AtomicBool>;
+}
+
+/// Runs a request so that dropping it (the client closed its response stream) cancels
+/// it: a write that has not committed yet is rolled back instead (see `tools::run`).
+pub async fn cancellable<F: std::future::Future>(f: F) -> F::Output {
+    CANCEL.scope(Arc::new(AtomicBool::new(false)), f).await
+}
+
+/// The current request's cancellation flag, inside [`cancellable`].
+pub fn cancel_flag() -> Option<Arc<AtomicBool>> {
+    CANCEL.try_with(Arc::clone).ok()
+}
+
+/// Sets the flag when dropped, i.e. when the future holding it is dropped unfinished
+/// (after it finished, setting it changes nothing).
+pub struct SetOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether a message belongs to the stateless revision: its params carry
+/// `_meta["io.modelcontextprotocol/protocolVersion"]`.
+pub fn is_stateless(params: Option<&Value>) -> bool {
+    meta_version(params).is_some()
+}
+
+/// The body's `_meta` must carry the version (2026-07-28, anything else gets
+/// `UnsupportedProtocolVersion`) and the client capabilities (an object); a missing or
+/// malformed field is invalid params.
+pub fn check_version(params: Option<&Value>) -> Result<(), RpcError> {
+    let missing = |what: &str| {
+        RpcError::invalid_params(format!("Invalid params: params._meta[\"{what}\"] is required in {STATELESS_VERSION}"))
+    };
+    match meta_version(params) {
+        Some(Ok(STATELESS_VERSION)) => {}
+        Some(Ok(other)) => return Err(RpcError::unsupported_version(other)),
+        Some(Err(())) | None => return Err(missing(META_PROTOCOL_VERSION)),
+    }
+    match params.and_then(|p| p.get("_meta")).and_then(|m| m.get(META_CLIENT_CAPABILITIES)) {
+        Some(Value::Object(_)) => Ok(()),
+        _ => Err(missing(META_CLIENT_CAPABILITIES)),
+    }
+}
+
+/// The body value `Mcp-Name` must mirror, for the methods that require the header:
+/// `Some(value)` (`None` inside when the body lacks it), or `None` when not required.
+pub fn name_source<'a>(method: &str, params: Option<&'a Value>) -> Option<Option<&'a str>> {
+    let field = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return None,
+    };
+    Some(params.and_then(|p| p.get(field)).and_then(Value::as_str))
+}
+
+/// Decodes an `Mcp-Name` / `Mcp-Param-*` value: `=?base64?…?=` is Base64 of UTF-8.
+pub fn decode_header_value(raw: &str) -> Result<String, RpcError> {
+    if let Some(inner) = raw.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+        let bytes = base64_decode(inner)
+            .ok_or_else(|| RpcError::header_mismatch(format!("header value {raw:?} is not valid Base64")))?;
+        String::from_utf8(bytes)
+            .map_err(|_| RpcError::header_mismatch(format!("header value {raw:?} does not decode to UTF-8")))
+    } else {
+        Ok(raw.to_owned())
+    }
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let trimmed = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in trimmed.bytes() {
+        acc = (acc << 6) | val(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// The `server/discover` result (before decoration).
+pub fn discover() -> Value {
+    json!({
+        "supportedVersions": ALL_VERSIONS,
+        "capabilities": {
+            "tools": { "listChanged": false },
+            "resources": { "subscribe": true, "listChanged": false },
+        },
+        "instructions": "A knowledge graph memory shared across sessions: entities, relations and observations, \
+                         stored per project (Mcp-Project-Path).",
+    })
+}
+
+/// Adds what every 2026-07-28 result carries: `resultType`, the server identity in
+/// `_meta`, and for cacheable results `ttlMs`/`cacheScope`.
+pub fn decorate(method: &str, mut result: Value) -> Value {
+    let Value::Object(obj) = &mut result else { return result };
+    obj.insert("resultType".into(), "complete".into());
+    let meta = obj.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(meta) = meta {
+        meta.insert(SERVER_INFO_KEY.into(), server_info());
+    }
+    let cache = match method {
+        "server/discover" | "tools/list" | "resources/list" | "resources/templates/list" => {
+            Some((STATIC_TTL_MS, "public"))
+        }
+        // The graph changes with every write: never fresh, and the project's own data.
+        "resources/read" => Some((0, "private")),
+        _ => None,
+    };
+    if let Some((ttl, scope)) = cache {
+        obj.insert("ttlMs".into(), ttl.into());
+        obj.insert("cacheScope".into(), scope.into());
+    }
+    result
+}
+
+/// Errors whose code changed in this revision: resource not found is `-32602`.
+fn remap(mut e: RpcError) -> RpcError {
+    if e.code == code::RESOURCE_NOT_FOUND {
+        e.code = code::INVALID_PARAMS;
+    }
+    e
+}
+
+impl McpServer {
+    /// Serves one 2026-07-28 request other than `subscriptions/listen` (its version
+    /// already checked). Unknown methods are `-32601`.
+    pub async fn handle_stateless(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+        let result = match method {
+            "server/discover" => discover(),
+            "tools/list" | "tools/call" | "resources/list" | "resources/templates/list" | "resources/read" => {
+                self.handle(None, method, params).await.map_err(remap)?
+            }
+            _ => return Err(RpcError::method_not_found(method)),
+        };
+        Ok(decorate(method, result))
+    }
+
+    /// Opens a `subscriptions/listen` subscription for the request's project.
+    pub async fn listen(&self, id: &RequestId, params: Option<&Value>) -> Result<Listener, RpcError> {
+        let filter = params.and_then(|p| p.get("notifications"));
+        let wanted = match filter.and_then(|f| f.get("resourceSubscriptions")) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(uris)) => uris.iter().any(|u| u.as_str() == Some(GRAPH_RESOURCE_URI)),
+            Some(_) => {
+                return Err(RpcError::invalid_params(
+                    "params.notifications.resourceSubscriptions must be an array of URIs",
+                ));
+            }
+        };
+        let mut agreed = Map::new();
+        let changes = if wanted {
+            agreed.insert("resourceSubscriptions".into(), json!([GRAPH_RESOURCE_URI]));
+            let store = self.router.current_store().await.map_err(|e| RpcError::internal(e.to_string()))?;
+            let rx = store.subscribe_changes();
+            store.watch_outside_writes();
+            Some(rx)
+        } else {
+            None
+        };
+        let ack = notification(
+            "notifications/subscriptions/acknowledged",
+            json!({ "_meta": { SUBSCRIPTION_ID_KEY: id }, "notifications": agreed }),
+        );
+        self.listen_streams.fetch_add(1, Ordering::SeqCst);
+        Ok(Listener { id: id.clone(), ack: Some(ack), changes, count: self.listen_streams.clone() })
+    }
+
+    /// Open `subscriptions/listen` streams (for `/health`).
+    pub fn listen_count(&self) -> usize {
+        self.listen_streams.load(Ordering::SeqCst)
+    }
+}
+
+/// One open `subscriptions/listen` subscription. Dropping it ends the subscription.
+pub struct Listener {
+    id: RequestId,
+    ack: Option<Value>,
+    changes: Option<broadcast::Receiver<()>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Listener {
+    pub fn id(&self) -> &RequestId {
+        &self.id
+    }
+
+    /// The next message of the subscription: the acknowledgement first, then one
+    /// `notifications/resources/updated` per change (coalesced when lagging). Pends
+    /// forever when nothing was opted in to.
+    pub async fn next(&mut self) -> Value {
+        if let Some(ack) = self.ack.take() {
+            return ack;
+        }
+        let Some(rx) = self.changes.as_mut() else { return std::future::pending().await };
+        if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+            return std::future::pending().await;
+        }
+        notification(
+            "notifications/resources/updated",
+            json!({ "_meta": { SUBSCRIPTION_ID_KEY: &self.id }, "uri": GRAPH_RESOURCE_URI }),
+        )
+    }
+
+    /// The graceful end of the subscription (server shutdown).
+    pub fn closing_response(&self) -> Value {
+        response(&self.id, json!({ "resultType": "complete", "_meta": { SUBSCRIPTION_ID_KEY: &self.id } }))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_sentinel() {
+        assert_eq!(decode_header_value("=?base64?SGVsbG8sIOS4lueVjA==?=").unwrap(), "Hello, 世界");
+        assert_eq!(decode_header_value("plain").unwrap(), "plain");
+        assert_eq!(decode_header_value("=?base64?!!?=").unwrap_err().code, code::HEADER_MISMATCH);
+    }
+
+    #[test]
+    fn versions() {
+        let ok = json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                  "io.modelcontextprotocol/clientCapabilities": {}}});
+        assert!(check_version(Some(&ok)).is_ok());
+        let old = json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "1900-01-01"}});
+        let e = check_version(Some(&old)).unwrap_err();
+        assert_eq!(e.code, code::UNSUPPORTED_PROTOCOL_VERSION);
+        assert_eq!(e.data.unwrap()["supported"][0], "2026-07-28");
+        let no_caps = json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}});
+        assert_eq!(check_version(Some(&no_caps)).unwrap_err().code, code::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn decoration() {
+        let r = decorate("tools/list", json!({"tools": []}));
+        assert_eq!(r["resultType"], "complete");
+        assert_eq!(r["cacheScope"], "public");
+        assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "memory-server");
+        let r = decorate("tools/call", json!({"content": []}));
+        assert!(r.get("ttlMs").is_none());
+    }
+}
