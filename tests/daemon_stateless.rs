@@ -12,7 +12,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use e2e::{Daemon, Http, PATIENCE, TestEnv, bin, entity_names, fixture};
@@ -29,55 +28,7 @@ const GRAPH: &str = "memory://knowledge-graph";
 // The Python SDK's venv
 
 fn venv_python() -> PathBuf {
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match VENV.get_or_init(make_venv) {
-        Ok(python) => python.clone(),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn make_venv() -> Result<PathBuf, String> {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
-    let dir = base.join("e2e-venv-mcp2");
-    let python = dir.join("bin").join("python");
-    let marker = dir.join("e2e-installed");
-    let lock = std::fs::File::create(base.join("e2e-venv-mcp2.lock")).map_err(|e| format!("venv lock: {e}"))?;
-    lock.lock().map_err(|e| format!("venv lock: {e}"))?;
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m == PYTHON_MCP) && python.exists() {
-        return Ok(python);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let host_python = std::env::var("E2E_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let out = Command::new(&host_python)
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .output()
-        .map_err(|e| format!("cannot run `{host_python} -m venv`: {e} (python3 with venv is needed)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{host_python} -m venv {}` failed ({}):\n{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let out = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", PYTHON_MCP])
-        .output()
-        .map_err(|e| format!("cannot run pip in {}: {e}", dir.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pip could not install `{PYTHON_MCP}` (the official MCP Python SDK, a client of 2026-07-28) into {}: \
-             {}; is the package registry reachable? This test needs it and does not skip.\n{}{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::write(&marker, PYTHON_MCP).map_err(|e| format!("{}: {e}", marker.display()))?;
-    Ok(python)
+    e2e::python::python_with("e2e-venv-mcp2", PYTHON_MCP)
 }
 
 // ---------------------------------------------------------------------------------------

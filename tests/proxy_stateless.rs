@@ -397,7 +397,7 @@ async fn after_the_upstream_restarts_the_next_stateless_request_needs_no_handsha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_2026_client_through_the_proxy_to_a_python_sdk_2026_server() {
-    let python = common::venv::python_with("e2e-venv-mcp2", PYTHON_MCP2).unwrap_or_else(|e| panic!("{e}"));
+    let python = e2e::python::python_with("e2e-venv-mcp2", PYTHON_MCP2);
     let pe = ProxyEnv::bare();
     let port = free_port();
     // The proxy starts the server itself (command + port), as it would any local daemon.
@@ -465,7 +465,7 @@ fn log(pe: &ProxyEnv, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_2026_client_through_the_proxy_to_memory_server() {
-    let python = common::venv::python_with("e2e-venv-mcp2", PYTHON_MCP2).unwrap_or_else(|e| panic!("{e}"));
+    let python = e2e::python::python_with("e2e-venv-mcp2", PYTHON_MCP2);
     let pe = ProxyEnv::new();
     let project = pe.project("p");
     let mut cmd = tokio::process::Command::from(pe.env.command(&python));

@@ -16,10 +16,10 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -38,58 +38,10 @@ const PYTHON_MCP: &str = "mcp==1.30.0";
 // ---------------------------------------------------------------------------------------
 // The Python SDK's venv
 
-/// The venv's python, creating the venv and installing the SDK on first use.
+/// The venv's python with the SDK installed (`E2E_PYTHON_MCP` overrides the version).
 fn venv_python() -> PathBuf {
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match VENV.get_or_init(make_venv) {
-        Ok(python) => python.clone(),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn make_venv() -> Result<PathBuf, String> {
     let requirement = std::env::var("E2E_PYTHON_MCP").unwrap_or_else(|_| PYTHON_MCP.to_owned());
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
-    let dir = base.join("e2e-venv");
-    let python = dir.join("bin").join("python");
-    let marker = dir.join("e2e-installed");
-    // Other test processes (nextest runs one per test) wait here while one installs.
-    let lock = std::fs::File::create(base.join("e2e-venv.lock")).map_err(|e| format!("venv lock: {e}"))?;
-    lock.lock().map_err(|e| format!("venv lock: {e}"))?;
-    if std::fs::read_to_string(&marker).is_ok_and(|m| m == requirement) && python.exists() {
-        return Ok(python);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let host_python = std::env::var("E2E_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let out =
-        Command::new(&host_python).args(["-m", "venv"]).arg(&dir).output().map_err(|e| {
-            format!("cannot run `{host_python} -m venv`: {e} (python3 with venv is needed; see .ci/run)")
-        })?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{host_python} -m venv {}` failed ({}); on Debian install python3-venv:\n{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let out = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", &requirement])
-        .output()
-        .map_err(|e| format!("cannot run pip in {}: {e}", dir.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pip could not install `{requirement}` (the official MCP Python SDK) into {}: {}; is the package \
-             registry reachable? These tests need it and do not skip.\n{}{}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::write(&marker, &requirement).map_err(|e| format!("{}: {e}", marker.display()))?;
-    Ok(python)
+    e2e::python::python_with("e2e-venv", &requirement)
 }
 
 /// The FastMCP fixture server (`tests/fixtures/upstreams/fastmcp_server.py`), our child,

@@ -6,7 +6,6 @@
 #![allow(dead_code)]
 
 pub mod fake;
-pub mod venv;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

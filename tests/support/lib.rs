@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod node;
+pub mod python;
 pub mod rmcp_client;
 
 /// Upper bound for anything a test waits on; tests never depend on speed, only on
@@ -64,6 +65,14 @@ fn newest_mtime(dir: &Path, skip: &dyn Fn(&Path) -> bool) -> Option<std::time::S
         newest = newest.max(t);
     }
     newest
+}
+
+/// `target/tmp`, for things the tests install once and share (derived from the test
+/// executable's location, so a custom `CARGO_TARGET_DIR` is honoured).
+pub fn target_tmp() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile = exe.parent().and_then(Path::parent).expect("target profile directory");
+    profile.parent().unwrap_or(profile).join("tmp")
 }
 
 /// A fixture file under `tests/fixtures/`.

@@ -1,14 +1,20 @@
-//! A Python venv with one requirement installed, created once per target directory under
-//! `target/tmp/<name>` and shared by parallel tests and test processes through a file
-//! lock. No skip: if the venv or pip fails, the error says why and the test fails.
+//! A Python venv with one requirement installed (the official MCP Python SDK, in the
+//! tests that use it), created once per target directory under `target/tmp/<name>` and
+//! shared by parallel tests and test processes through a file lock. No skip: if the venv
+//! or pip fails, the test fails and says why (python3 with venv and PyPI are needed).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-/// The venv's python, creating `<CARGO_TARGET_TMPDIR>/<name>` with `requirement`
-/// installed on first use (or when the installed requirement differs).
-pub fn python_with(name: &str, requirement: &str) -> Result<PathBuf, String> {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+/// The venv's python, creating `target/tmp/<name>` with `requirement` installed on first
+/// use (or when the installed requirement differs). Panics with the reason on failure.
+pub fn python_with(name: &str, requirement: &str) -> PathBuf {
+    make(name, requirement).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn make(name: &str, requirement: &str) -> Result<PathBuf, String> {
+    let base = crate::target_tmp();
+    let base = base.as_path();
     std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
     let dir = base.join(name);
     let python = dir.join("bin").join("python");

@@ -1,0 +1,251 @@
+//! The daemon workloads: Node daemon, memory-server and the floor, each on a fresh
+//! scratch HOME, the graph chosen by `Mcp-Project-Path`.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::load::{self, Gen, Kind};
+use crate::sys::{self, Proc, Res};
+use crate::{Ctx, Rec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysKind {
+    Node,
+    Ours,
+    Floor,
+}
+
+impl SysKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            SysKind::Node => "node",
+            SysKind::Ours => "ours",
+            SysKind::Floor => "floor",
+        }
+    }
+}
+
+pub struct System {
+    pub kind: SysKind,
+    pub proc: Proc,
+    pub url: String,
+    pub base: String,
+    /// Project key → directory.
+    pub projects: BTreeMap<String, PathBuf>,
+    pub counter: Cell<u64>,
+}
+
+pub fn project_keys(ctx: &Ctx) -> Vec<(String, usize)> {
+    let mut keys = vec![("main".to_owned(), ctx.s.n_main), ("small".to_owned(), ctx.s.n_small)];
+    for &n in &ctx.s.scale {
+        if n != ctx.s.n_main && n != ctx.s.n_small {
+            keys.push((format!("scale-{n}"), n));
+        }
+    }
+    keys
+}
+
+pub fn project_for(ctx: &Ctx, n: usize) -> String {
+    if n == ctx.s.n_main {
+        "main".into()
+    } else if n == ctx.s.n_small {
+        "small".into()
+    } else {
+        format!("scale-{n}")
+    }
+}
+
+async fn start(ctx: &Ctx, kind: SysKind) -> Res<System> {
+    let dir = ctx.scratch.join(kind.label());
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    let mut projects = BTreeMap::new();
+    for (key, n) in project_keys(ctx) {
+        let p = dir.join(&key);
+        std::fs::create_dir_all(&p).map_err(|e| e.to_string())?;
+        if kind == SysKind::Ours {
+            import(ctx, &home, &p, n)?;
+        }
+        projects.insert(key, p);
+    }
+    let port = sys::free_port()?;
+    let (mut cmd, health) = match kind {
+        SysKind::Ours => {
+            let mut c = Command::new(&ctx.memory_server);
+            c.arg("serve").arg("--port").arg(port.to_string());
+            (c, "/health")
+        }
+        SysKind::Node => {
+            let mut c = Command::new(sys::NODE);
+            c.arg(ctx.npm.join("node_modules/@pepk/mcp-memory-sqlite/dist/index.js")).args([
+                "--transport",
+                "http",
+                "--port",
+                &port.to_string(),
+            ]);
+            (c, "/ping")
+        }
+        SysKind::Floor => {
+            let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+            c.arg("--floor-server").arg(port.to_string());
+            (c, "/health")
+        }
+    };
+    cmd.env("HOME", &home).current_dir(&dir);
+    let mut proc = Proc::spawn(kind.label(), cmd, &dir.join("daemon.log"))?;
+    let base = format!("http://127.0.0.1:{port}");
+    sys::wait_http(&ctx.client, &format!("{base}{health}"), Duration::from_secs(30), &mut proc).await?;
+    Ok(System { kind, proc, url: format!("{base}/mcp"), base, projects, counter: Cell::new(0) })
+}
+
+/// Seeds the Node daemon's projects through its tools, in batches its 100 kB body limit takes.
+async fn seed_node(ctx: &Ctx, sys: &System) -> Res<()> {
+    for (key, n) in project_keys(ctx) {
+        let project = sys.projects[&key].to_string_lossy().into_owned();
+        let mut id = 0u64;
+        let mut call = async |name: &str, args: Value| -> Res<()> {
+            id += 1;
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": args}});
+            let b = load::post(&ctx.client, &sys.url, &project, body.to_string()).await?;
+            load::answer_ok(&b).map_err(|e| format!("seeding {name}: {e}"))
+        };
+        for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+            let entities: Vec<Value> = chunk.iter().map(|&i| load::entity(i)).collect();
+            call("create_entities", json!({ "entities": entities })).await?;
+        }
+        for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            let relations: Vec<Value> = chunk.iter().map(|&i| load::relation(i, n)).collect();
+            call("create_relations", json!({ "relations": relations })).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The `result` of one real answer of ours, for the floor to repeat.
+async fn sample_result(ctx: &Ctx, ours: &System, key: &str, gen_: &Gen<'_>) -> Res<Vec<u8>> {
+    let project = ours.projects[key].to_string_lossy().into_owned();
+    let b = load::post(&ctx.client, &ours.url, &project, gen_.body(1, &mut load::Rng::new(7))).await?;
+    let v: Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+    Ok(v["result"].to_string().into_bytes())
+}
+
+struct Workload {
+    name: &'static str,
+    kind: Kind,
+    n: usize,
+    clients: Vec<usize>,
+}
+
+fn rss_line(phase: &str, s: &System) -> Value {
+    let (rss, hwm) = sys::rss_kib(s.proc.pid).unwrap_or((0, 0));
+    json!({"kind": "rss", "phase": phase, "system": s.kind.label(), "rss_kib": rss, "hwm_kib": hwm})
+}
+
+pub async fn run(ctx: &Ctx, rec: &mut Rec) -> Res<()> {
+    let mut systems = Vec::new();
+    for kind in [SysKind::Node, SysKind::Ours, SysKind::Floor] {
+        eprintln!("bench: starting {} daemon", kind.label());
+        let s = start(ctx, kind).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rec.push(rss_line("idle", &s));
+        if kind == SysKind::Node {
+            let t = std::time::Instant::now();
+            eprintln!("bench: seeding the Node daemon through its tools");
+            seed_node(ctx, &s).await?;
+            rec.push(json!({"kind": "seed", "system": "node", "secs": t.elapsed().as_secs_f64()}));
+        }
+        systems.push(s);
+    }
+    let result = measure(ctx, rec, &systems).await;
+    for s in &systems {
+        rec.push(rss_line("end", s));
+    }
+    for s in systems {
+        s.proc.stop().await;
+    }
+    result
+}
+
+async fn measure(ctx: &Ctx, rec: &mut Rec, systems: &[System]) -> Res<()> {
+    let s = &ctx.s;
+    let cs = vec![1, 8];
+    let mut workloads = vec![
+        Workload { name: "open_nodes", kind: Kind::OpenNodes, n: s.n_main, clients: cs.clone() },
+        Workload { name: "search_nodes", kind: Kind::SearchNodes, n: s.n_main, clients: cs.clone() },
+        Workload { name: "read_graph", kind: Kind::ReadGraph, n: s.n_main, clients: cs.clone() },
+        Workload { name: "read_graph", kind: Kind::ReadGraph, n: s.n_small, clients: cs.clone() },
+        Workload { name: "ping", kind: Kind::Ping, n: s.n_main, clients: cs.clone() },
+    ];
+    for &n in &s.scale {
+        workloads.push(Workload { name: "search_scaling", kind: Kind::SearchNodes, n, clients: vec![1] });
+    }
+    workloads.push(Workload { name: "create_entities", kind: Kind::CreateEntities, n: s.n_main, clients: cs.clone() });
+    workloads.push(Workload { name: "add_observations", kind: Kind::AddObservations, n: s.n_main, clients: cs });
+    let ours = systems.iter().find(|x| x.kind == SysKind::Ours).ok_or("no ours")?;
+    let floor = systems.iter().find(|x| x.kind == SysKind::Floor).ok_or("no floor")?;
+    for w in &workloads {
+        let key = project_for(ctx, w.n);
+        let sample_counter = Cell::new(1 << 50);
+        let sample =
+            sample_result(ctx, ours, &key, &Gen { kind: w.kind, n: w.n, tag: "sample", counter: &sample_counter })
+                .await?;
+        let r = ctx.client.put(format!("{}/answer", floor.base)).body(sample.clone()).send().await;
+        r.map_err(|e| format!("floor: {e}"))?;
+        for &c in &w.clients {
+            for round in 0..s.repeats {
+                // Rotate the order so no system always runs first (or right after a write).
+                for k in 0..systems.len() {
+                    let sy = &systems[(k + round) % systems.len()];
+                    let project = sy.projects[&key].to_string_lossy().into_owned();
+                    let tag = format!("{}{}", sy.kind.label(), round);
+                    let g = Gen { kind: w.kind, n: w.n, tag: &tag, counter: &sy.counter };
+                    let r = load::run(&ctx.client, &sy.url, &project, c, s.warmup, s.duration, &g).await;
+                    eprintln!(
+                        "bench: {:<16} n={:<6} C={c} round {round} {:<5} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms{}",
+                        w.name,
+                        w.n,
+                        sy.kind.label(),
+                        r.rps,
+                        r.p50_ms,
+                        r.p99_ms,
+                        if r.errors > 0 { format!("  {} errors", r.errors) } else { String::new() }
+                    );
+                    if let Some(e) = &r.first_error {
+                        eprintln!("bench:   first error: {e}");
+                    }
+                    rec.push(json!({
+                        "kind": "daemon", "workload": w.name, "entities": w.n, "writes": w.kind.writes(),
+                        "system": sy.kind.label(), "clients": c, "round": round,
+                        "requests": r.requests, "errors": r.errors, "secs": r.secs, "rps": r.rps,
+                        "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
+                        "answer_bytes": r.answer_bytes, "floor_answer_bytes": sample.len(),
+                        "first_error": r.first_error,
+                    }));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn import(ctx: &Ctx, home: &Path, project: &Path, n: usize) -> Res<()> {
+    let file = project.with_extension("jsonl");
+    std::fs::write(&file, load::graph_jsonl(n)).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(&ctx.memory_server)
+        .env("HOME", home)
+        .arg("import")
+        .arg("--project")
+        .arg(project)
+        .arg(&file)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("import failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `cargo run --release -p bench -- [--quick] [--out DIR]`: memory-server and mcp-proxy
+//! measured side by side with the Node originals (`@pepk/mcp-memory-sqlite` 1.1.1,
+//! `mcp-session-manager` 1.0.1) and a fixed-answer floor server, in one run on one
+//! machine. Writes `RESULTS.md`, `results.jsonl` and `ratios.svg` into the output directory.
+
+mod daemon;
+mod floor;
+mod load;
+mod proxy;
+mod report;
+mod sys;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "bench", about = "memory-server and mcp-proxy side by side with the Node originals")]
+struct Args {
+    /// One short run of everything with tiny durations and small graphs (a smoke test; no figure judged).
+    #[arg(long)]
+    quick: bool,
+    /// Where RESULTS.md, results.jsonl and ratios.svg go (default: bench/, or a temp dir with --quick).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rounds of every measurement (default 3; 1 with --quick).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Measured time per workload, system and concurrency, in ms (default 2000; 150 with --quick).
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Warm-up before each measurement, in ms (default 500; 50 with --quick).
+    #[arg(long)]
+    warmup_ms: Option<u64>,
+    /// Internal: run the fixed-answer floor server on this port.
+    #[arg(long, hide = true)]
+    floor_server: Option<u16>,
+}
+
+pub struct Settings {
+    pub quick: bool,
+    pub n_main: usize,
+    pub n_small: usize,
+    pub scale: Vec<usize>,
+    pub repeats: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub cold_starts: usize,
+    pub proxy_calls: usize,
+    pub spawn_starts: usize,
+}
+
+pub struct Ctx {
+    pub s: Settings,
+    pub scratch: PathBuf,
+    pub npm: PathBuf,
+    pub memory_server: PathBuf,
+    pub mcp_proxy: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// The raw results, one JSON object per measurement.
+pub struct Rec {
+    pub lines: Vec<Value>,
+}
+
+impl Rec {
+    pub fn push(&mut self, v: Value) {
+        self.lines.push(v);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(port) = args.floor_server {
+        return match floor::serve(port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let quick = args.quick;
+    let s = Settings {
+        quick,
+        n_main: if quick { 300 } else { 10_000 },
+        n_small: if quick { 100 } else { 1_000 },
+        scale: if quick { vec![100, 300, 1_000] } else { vec![1_000, 10_000, 100_000] },
+        repeats: args.repeats.unwrap_or(if quick { 1 } else { 3 }).clamp(1, 20),
+        duration: Duration::from_millis(args.duration_ms.unwrap_or(if quick { 150 } else { 2000 }).clamp(10, 60_000)),
+        warmup: Duration::from_millis(args.warmup_ms.unwrap_or(if quick { 50 } else { 500 }).min(60_000)),
+        cold_starts: if quick { 2 } else { 20 },
+        proxy_calls: if quick { 50 } else { 1_000 },
+        spawn_starts: if quick { 1 } else { 10 },
+    };
+    let root = sys::workspace_root();
+    let command = std::iter::once("cargo run --release -p bench --".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = match args.out {
+        Some(o) => o,
+        None if quick => std::env::temp_dir().join(format!("bench-quick-{}", std::process::id())),
+        None => root.join("bench"),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let load_start = sys::loadavg();
+    eprintln!("bench: building the release binaries");
+    sys::build_release(&root)?;
+    let npm = sys::ensure_node_originals(&root)?;
+    let scratch = root.join("target").join("bench-scratch").join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let release = root.join("target").join("release");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ctx = Ctx {
+        s,
+        scratch: scratch.clone(),
+        npm,
+        memory_server: release.join("memory-server"),
+        mcp_proxy: release.join("mcp-proxy"),
+        client,
+    };
+    let mut rec = Rec { lines: Vec::new() };
+    let started = std::time::Instant::now();
+    let result = async {
+        daemon::run(&ctx, &mut rec).await?;
+        proxy::run(&ctx, &mut rec).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    let info = report::Info {
+        command,
+        machine: sys::machine(),
+        load_start,
+        load_end: sys::loadavg(),
+        date: sys::cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        secs: started.elapsed().as_secs_f64(),
+        versions: vec![
+            ("memory-server", sys::cmd_out(&ctx.memory_server.to_string_lossy(), &["--version"])),
+            ("git commit", sys::cmd_out("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"])),
+            ("rustc", sys::cmd_out("rustc", &["--version"])),
+            ("node", sys::cmd_out(sys::NODE, &["--version"])),
+            (sys::PEPK, sys::PEPK_VERSION.to_owned()),
+            ("@modelcontextprotocol/sdk", sys::SDK_VERSION.to_owned()),
+            (sys::MSM, sys::MSM_VERSION.to_owned()),
+        ],
+        quick,
+    };
+    let jsonl: String = rec.lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(out.join("results.jsonl"), jsonl).map_err(|e| e.to_string())?;
+    let (md, svg) = report::render(&info, &ctx.s, &rec.lines);
+    std::fs::write(out.join("RESULTS.md"), md).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("ratios.svg"), svg).map_err(|e| e.to_string())?;
+    eprintln!("bench: done in {:.0} s; wrote {}/RESULTS.md, results.jsonl, ratios.svg", info.secs, out.display());
+    Ok(())
+}
