@@ -569,14 +569,10 @@ async fn closing_an_sse_response_cancels_the_request() {
     holder.execute_batch("ROLLBACK").unwrap();
     drop(holder);
 
-    // This write queues behind the cancelled one (one writer per process), so once it
-    // is answered the cancelled one has given up.
+    // Depending on how far the cancelled request had got, it was aborted before its write
+    // began, or its write gives up at the cancellation check ("write cancelled before
+    // commit"); either way it never commits, even when it reaches the writer after this one.
     stateless_tool(&http, "create_entities", entities(&["after"])).await;
-    let deadline = Instant::now() + PATIENCE;
-    while !daemon.log_text().contains("write cancelled before commit") {
-        assert!(Instant::now() < deadline, "no cancelled write in the log:\n{}", daemon.log_text());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     assert_eq!(entity_names(&http.read_graph().await), ["before", "after"]);
 }
 
