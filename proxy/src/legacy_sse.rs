@@ -165,15 +165,7 @@ impl SseRelay {
             }
         }
         if let Err((e, _)) = result {
-            crate::log(&self.link.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
-            if let (Some(id), Some(_)) = (id, method) {
-                // Discovery errors already name the daemon.
-                let message = match &e {
-                    RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
-                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.link.spec.name),
-                };
-                self.link.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
-            }
+            self.link.report_failure(method.as_deref(), id, &e).await;
         }
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sse_stream::SseStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -198,15 +198,7 @@ impl Relay {
             None => attempt.await,
         };
         if let Err(e) = result {
-            crate::log(&self.link.spec.name, &format!("{}: {e}", method.as_deref().unwrap_or("response")));
-            if let (Some(id), Some(_)) = (id, method) {
-                // Discovery errors already name the daemon.
-                let message = match &e {
-                    RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
-                    _ => format!("mcp-proxy: daemon `{}`: {e}", self.link.spec.name),
-                };
-                self.link.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
-            }
+            self.link.report_failure(method.as_deref(), id, &e).await;
         }
     }
 

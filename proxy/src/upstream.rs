@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{DaemonSpec, Transport};
 use crate::legacy_sse::SseRelay;
-use crate::relay::{Output, Relay, encode_project};
+use crate::relay::{Output, Relay, RelayError, encode_project};
 use crate::runtime::RuntimeDir;
 
 /// What every relay needs: the daemon and how to find or start it, an HTTP client with
@@ -43,6 +43,20 @@ impl Link {
     /// Writes one message to the client as one line.
     pub async fn emit(&self, value: &Value) {
         let _ = self.out.send(value.to_string()).await;
+    }
+
+    /// Logs a message that could not be relayed and, for a request, answers the client
+    /// with a JSON-RPC error for its id naming the daemon and the cause.
+    pub async fn report_failure(&self, method: Option<&str>, id: Option<Value>, e: &RelayError) {
+        crate::log(&self.spec.name, &format!("{}: {e}", method.unwrap_or("response")));
+        if let (Some(id), Some(_)) = (id, method) {
+            // Discovery errors already name the daemon.
+            let message = match e {
+                RelayError::Discovery(_) => format!("mcp-proxy: {e}"),
+                _ => format!("mcp-proxy: daemon `{}`: {e}", self.spec.name),
+            };
+            self.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
+        }
     }
 }
 
