@@ -5,7 +5,7 @@
 //! the same tools/list.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use e2e::{Daemon, Http, TestEnv, bin, fixture};
 use serde_json::{Value, json};
@@ -53,15 +53,7 @@ async fn http_answers_equal_the_official_server() {
 fn stdio_answers_equal_the_official_server() {
     let env = TestEnv::new();
     let project = env.project("dropin-stdio");
-    let mut child = env
-        .command(&bin("memory-server"))
-        .args(["stdio", "--project"])
-        .arg(&project)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.memory_server_stdio(&project);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     // Sends one line, reads one line.

@@ -11,10 +11,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use e2e::{Daemon, Http, PATIENCE, TestEnv, bin, entity_names, fixture};
+use e2e::{Daemon, Http, PATIENCE, TestEnv, entity_names, fixture};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -583,15 +583,7 @@ async fn closing_an_sse_response_cancels_the_request() {
 fn stdio_answers_discover_and_per_request_versions() {
     let env = TestEnv::new();
     let project = env.project("stdio");
-    let mut child = env
-        .command(&bin("memory-server"))
-        .args(["stdio", "--project"])
-        .arg(&project)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start memory-server stdio");
+    let mut child = env.memory_server_stdio(&project);
     let mut stdin = child.stdin.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     let stdout = child.stdout.take().unwrap();

@@ -9,15 +9,11 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
 use common::{Proc, Proxy, ProxyEnv, alive, wait_dead};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
 /// The entity names stored in `<dir>/.claude/memory.db` (empty when there is no DB).
 fn stored_names(dir: &Path) -> Vec<String> {
@@ -43,19 +39,7 @@ async fn a_cold_start_spawns_the_daemon_detached_and_memory_lands_in_the_project
     let pe = ProxyEnv::new();
     let project = pe.project("cold");
     assert!(pe.try_health().await.is_none(), "no daemon before the proxy");
-    let (transport, stderr) = TokioChildProcess::builder(pe.command("memory", &project, &[]))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mcp-proxy");
-    let proxy = transport.id().expect("pid") as i32;
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stderr.expect("stderr")).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let (transport, proxy, log) = pe.spawn_rmcp(&project);
 
     // The official Rust SDK's stdio client: initialize, tools/list, tool calls.
     let client = ().serve(transport).await.expect("initialize through mcp-proxy");

@@ -6,34 +6,18 @@
 #[path = "proxy_common/mod.rs"]
 mod common;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fake::Fake;
 use common::{Proxy, ProxyEnv, alive, eventually};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::TokioChildProcess;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_to_the_proxy_and_to_its_group_mid_session_changes_nothing() {
     let pe = ProxyEnv::new();
-    let (transport, stderr) = TokioChildProcess::builder(pe.command("memory", &pe.project("p"), &[]))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mcp-proxy");
-    let proxy = transport.id().expect("pid") as i32;
-    let log = Arc::new(Mutex::new(String::new()));
-    let sink = log.clone();
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stderr.expect("stderr")).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let (transport, proxy, log) = pe.spawn_rmcp(&pe.project("p"));
     let client = ().serve(transport).await.expect("initialize through mcp-proxy");
     let create = |name: &str| {
         let Value::Object(args) = json!({"entities":[{"name":name,"entityType":"t","observations":[]}]}) else {

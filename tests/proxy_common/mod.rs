@@ -87,6 +87,26 @@ impl ProxyEnv {
         cmd
     }
 
+    /// Starts `mcp-proxy --target memory` in `cwd` as the stdio transport of the official
+    /// Rust SDK's client. Returns the transport, the proxy's pid and its stderr as it
+    /// accumulates.
+    pub fn spawn_rmcp(&self, cwd: &Path) -> (rmcp::transport::TokioChildProcess, i32, Arc<Mutex<String>>) {
+        let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(self.command("memory", cwd, &[]))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mcp-proxy");
+        let pid = transport.id().expect("pid") as i32;
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr.expect("stderr")).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        (transport, pid, log)
+    }
+
     /// Starts `mcp-proxy --target memory` in `cwd`.
     pub fn spawn(&self, cwd: &Path) -> Proxy {
         Proxy::spawn(self.command("memory", cwd, &[]), "memory")

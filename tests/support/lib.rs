@@ -113,6 +113,18 @@ impl TestEnv {
         p
     }
 
+    /// `memory-server stdio --project PROJECT` with piped stdin/stdout (stderr dropped).
+    pub fn memory_server_stdio(&self, project: &Path) -> Child {
+        self.command(&bin("memory-server"))
+            .args(["stdio", "--project"])
+            .arg(project)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start memory-server stdio")
+    }
+
     /// A command with the environment's HOME and runtime dir and nothing of the user's.
     pub fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);

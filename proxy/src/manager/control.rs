@@ -157,7 +157,8 @@ pub fn stop(spec: &DaemonSpec, runtime: &RuntimeDir, timeout: Duration) -> Resul
         Target::Remote { .. } => return Err(StopError::Remote { daemon: spec.name.clone() }),
         Target::Local { port, launch } => (*port, launch.as_ref()),
     };
-    let Some(lock) = runtime.read_lock(&spec.name) else {
+    // Nothing of ours runs: fine, unless something we did not start holds the port.
+    let not_running = || {
         if blocking_ping(port) {
             return Err(StopError::Foreign {
                 daemon: spec.name.clone(),
@@ -165,7 +166,10 @@ pub fn stop(spec: &DaemonSpec, runtime: &RuntimeDir, timeout: Duration) -> Resul
                 dir: runtime.root().display().to_string(),
             });
         }
-        return Ok(Stopped::NotRunning);
+        Ok(Stopped::NotRunning)
+    };
+    let Some(lock) = runtime.read_lock(&spec.name) else {
+        return not_running();
     };
     let remove_lock = || {
         // Only our lock: a proxy may have started a new daemon in the meantime.
@@ -177,14 +181,7 @@ pub fn stop(spec: &DaemonSpec, runtime: &RuntimeDir, timeout: Duration) -> Resul
     // when the daemon answers on the lock's port or the process is the configured command.
     if !pid_alive(lock.pid) || !(blocking_ping(lock.port) || runs_command(lock.pid, launch)) {
         remove_lock();
-        if blocking_ping(port) {
-            return Err(StopError::Foreign {
-                daemon: spec.name.clone(),
-                port,
-                dir: runtime.root().display().to_string(),
-            });
-        }
-        return Ok(Stopped::NotRunning);
+        return not_running();
     }
     let pid = lock.pid;
     signal(pid, libc::SIGTERM).map_err(|source| StopError::Signal { daemon: spec.name.clone(), pid, source })?;
