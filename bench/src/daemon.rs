@@ -134,6 +134,10 @@ async fn sample_result(ctx: &Ctx, ours: &System, key: &str, gen_: &Gen<'_>) -> R
     Ok(v["result"].to_string().into_bytes())
 }
 
+/// The daemon workloads' names, as `--only` takes them.
+pub const WORKLOADS: &[&str] =
+    &["open_nodes", "search_nodes", "read_graph", "ping", "search_scaling", "create_entities", "add_observations"];
+
 struct Workload {
     name: &'static str,
     kind: Kind,
@@ -186,6 +190,7 @@ async fn measure(ctx: &Ctx, rec: &mut Rec, systems: &[System]) -> Res<()> {
     }
     workloads.push(Workload { name: "create_entities", kind: Kind::CreateEntities, n: s.n_main, clients: cs.clone() });
     workloads.push(Workload { name: "add_observations", kind: Kind::AddObservations, n: s.n_main, clients: cs });
+    workloads.retain(|w| s.runs(w.name));
     let ours = systems.iter().find(|x| x.kind == SysKind::Ours).ok_or("no ours")?;
     let floor = systems.iter().find(|x| x.kind == SysKind::Floor).ok_or("no floor")?;
     for w in &workloads {
@@ -247,5 +252,38 @@ pub fn import(ctx: &Ctx, home: &Path, project: &Path, n: usize) -> Res<()> {
     if !out.status.success() {
         return Err(format!("import failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
+    Ok(())
+}
+
+/// `--load-url`: one workload against an already running daemon (see `Args::load_url`).
+pub async fn load_only(args: &crate::Args, url: &str) -> Res<()> {
+    let name = args.only.first().map(String::as_str).unwrap_or("open_nodes");
+    let kind = match name {
+        "open_nodes" => Kind::OpenNodes,
+        "search_nodes" | "search_scaling" => Kind::SearchNodes,
+        "read_graph" => Kind::ReadGraph,
+        "ping" => Kind::Ping,
+        "create_entities" => Kind::CreateEntities,
+        "add_observations" => Kind::AddObservations,
+        other => return Err(format!("unknown workload {other}")),
+    };
+    let client = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build().map_err(|e| e.to_string())?;
+    let project = args.load_project.clone().unwrap_or_default();
+    let counter = Cell::new(std::process::id() as u64 * 1_000_000);
+    let tag = format!("load{}", std::process::id());
+    let g = Gen { kind, n: args.load_entities, tag: &tag, counter: &counter };
+    let warmup = Duration::from_millis(args.warmup_ms.unwrap_or(300));
+    let duration = Duration::from_millis(args.duration_ms.unwrap_or(3000));
+    let r = load::run(&client, url, &project, args.load_clients, warmup, duration, &g).await;
+    println!(
+        "{name} C={}: {:.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  errors {}  {}",
+        args.load_clients,
+        r.rps,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.errors,
+        r.first_error.unwrap_or_default()
+    );
     Ok(())
 }

@@ -19,25 +19,41 @@ use serde_json::Value;
 
 #[derive(Parser)]
 #[command(name = "bench", about = "memory-server and mcp-proxy side by side with the Node originals")]
-struct Args {
+pub struct Args {
     /// One short run of everything with tiny durations and small graphs (a smoke test; no figure judged).
     #[arg(long)]
-    quick: bool,
+    pub quick: bool,
     /// Where RESULTS.md, results.jsonl and ratios.svg go (default: bench/, or a temp dir with --quick).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Rounds of every measurement (default 3; 1 with --quick).
     #[arg(long)]
-    repeats: Option<usize>,
+    pub repeats: Option<usize>,
     /// Measured time per workload, system and concurrency, in ms (default 2000; 150 with --quick).
     #[arg(long)]
-    duration_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
     /// Warm-up before each measurement, in ms (default 500; 50 with --quick).
     #[arg(long)]
-    warmup_ms: Option<u64>,
+    pub warmup_ms: Option<u64>,
+    /// Run only these parts, comma-separated: daemon workload names (open_nodes, search_nodes,
+    /// read_graph, ping, search_scaling, create_entities, add_observations) and/or `proxy`.
+    /// For profiling one workload; the report then shows only what ran.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Profiling aid: instead of the suite, drive the daemon at this `/mcp` URL with the
+    /// first `--only` workload for `--duration-ms` (with `--load-project`, `--load-entities`,
+    /// `--load-clients`) and print the figures; e.g. while `perf record` watches it.
+    #[arg(long, hide = true)]
+    pub load_url: Option<String>,
+    #[arg(long, hide = true)]
+    pub load_project: Option<String>,
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub load_entities: usize,
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub load_clients: usize,
     /// Internal: run the fixed-answer floor server on this port.
     #[arg(long, hide = true)]
-    floor_server: Option<u16>,
+    pub floor_server: Option<u16>,
 }
 
 pub struct Settings {
@@ -51,6 +67,15 @@ pub struct Settings {
     pub cold_starts: usize,
     pub proxy_calls: usize,
     pub spawn_starts: usize,
+    /// `--only`: the parts to run (empty: all).
+    pub only: Vec<String>,
+}
+
+impl Settings {
+    /// Whether `--only` lets the part named `name` run.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 pub struct Ctx {
@@ -101,6 +126,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(url) = &args.load_url {
+        return daemon::load_only(&args, url).await;
+    }
     let quick = args.quick;
     let s = Settings {
         quick,
@@ -113,6 +141,7 @@ async fn run(args: Args) -> Result<(), String> {
         cold_starts: if quick { 2 } else { 20 },
         proxy_calls: if quick { 50 } else { 1_000 },
         spawn_starts: if quick { 1 } else { 10 },
+        only: args.only,
     };
     let root = sys::workspace_root();
     let command = std::iter::once("cargo run --release -p bench --".to_owned())
@@ -151,8 +180,13 @@ async fn run(args: Args) -> Result<(), String> {
     let mut rec = Rec { lines: Vec::new() };
     let started = std::time::Instant::now();
     let result = async {
-        daemon::run(&ctx, &mut rec).await?;
-        proxy::run(&ctx, &mut rec).await
+        if daemon::WORKLOADS.iter().any(|w| ctx.s.runs(w)) {
+            daemon::run(&ctx, &mut rec).await?;
+        }
+        if ctx.s.runs("proxy") {
+            proxy::run(&ctx, &mut rec).await?;
+        }
+        Ok::<(), String>(())
     }
     .await;
     let _ = std::fs::remove_dir_all(&scratch);

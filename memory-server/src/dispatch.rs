@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::protocol::{LATEST_VERSION, RpcError, code, supported_version};
+use crate::protocol::{Answer, LATEST_VERSION, RpcError, code, supported_version};
 use crate::routing::Router;
 use crate::session::{Session, SessionRegistry};
-use crate::store::{Store, StoreError, graph};
+use crate::store::{Store, StoreError};
 use crate::tools::{self, GRAPH_RESOURCE_URI, ToolCall};
 
 const LOG_LEVELS: &[&str] = &["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
@@ -76,25 +76,30 @@ impl McpServer {
         session: Option<&Arc<Session>>,
         method: &str,
         params: Option<Value>,
-    ) -> Result<Value, RpcError> {
+    ) -> Result<Answer, RpcError> {
         let params = params.unwrap_or(Value::Null);
+        let value = match method {
+            "tools/call" => return self.call_tool(&params).await,
+            "resources/read" => return self.read_resource(&params).await,
+            _ => self.handle_small(session, method, &params).await?,
+        };
+        Ok(Answer::Value(value))
+    }
+
+    /// The methods whose results are small values.
+    async fn handle_small(
+        &self,
+        session: Option<&Arc<Session>>,
+        method: &str,
+        params: &Value,
+    ) -> Result<Value, RpcError> {
         match method {
             "ping" => Ok(json!({})),
             "tools/list" => Ok(tools::catalog().clone()),
-            "tools/call" => self.call_tool(&params).await,
             "resources/list" => Ok(tools::resource_list()),
             "resources/templates/list" => Ok(json!({ "resourceTemplates": [] })),
-            "resources/read" => {
-                graph_uri(&params)?;
-                let store = self.store().await?;
-                let graph = tokio::task::spawn_blocking(move || store.read(graph::read_graph))
-                    .await
-                    .map_err(|e| RpcError::internal(format!("read panicked: {e}")))?
-                    .map_err(|e| RpcError::internal(e.to_string()))?;
-                tools::resource_contents(&graph)
-            }
             "resources/subscribe" | "resources/unsubscribe" => {
-                graph_uri(&params)?;
+                graph_uri(params)?;
                 let session = session.ok_or_else(|| {
                     RpcError::invalid_request(format!(
                         "{method} needs a session: send initialize first and then the Mcp-Session-Id header"
@@ -120,7 +125,15 @@ impl McpServer {
         }
     }
 
-    async fn call_tool(&self, params: &Value) -> Result<Value, RpcError> {
+    async fn read_resource(&self, params: &Value) -> Result<Answer, RpcError> {
+        graph_uri(params)?;
+        let store = self.store().await?;
+        tokio::task::spawn_blocking(move || tools::read_resource(&store))
+            .await
+            .map_err(|e| RpcError::internal(format!("read panicked: {e}")))?
+    }
+
+    async fn call_tool(&self, params: &Value) -> Result<Answer, RpcError> {
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -158,7 +171,7 @@ fn graph_uri(params: &Value) -> Result<(), RpcError> {
     }
 }
 
-fn store_error_result(e: &StoreError) -> Value {
+fn store_error_result(e: &StoreError) -> Answer {
     tracing::error!(error = %e, "could not open the memory database");
-    json!({ "content": [{ "type": "text", "text": e.to_string() }], "isError": true })
+    Answer::Value(json!({ "content": [{ "type": "text", "text": e.to_string() }], "isError": true }))
 }

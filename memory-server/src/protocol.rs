@@ -2,6 +2,10 @@
 //! Everything here is transport-agnostic: a message is parsed once at the edge into
 //! [`Message`], and every failure is an [`RpcError`] that the transports map to bytes.
 
+use std::fmt;
+
+use bytes::Bytes;
+
 use serde_json::{Map, Value, json};
 
 /// Session-based protocol revisions we speak, oldest first.
@@ -165,8 +169,132 @@ impl Message {
     }
 }
 
-pub fn response(id: &RequestId, result: Value) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+/// A result or message on its way out: a JSON value, or JSON text written once already.
+/// Tool results are written straight from the typed graph into [`RawJson`] on the
+/// blocking thread that read it, so a large answer never exists as a `Value` tree and
+/// is copied only into the response body.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Value(Value),
+    Raw(RawJson),
+    /// A success response around a raw result, written out when the body is.
+    Response {
+        id: RequestId,
+        result: RawJson,
+    },
+}
+
+/// JSON text (UTF-8) that is valid because this crate wrote it with serde_json: never
+/// parsed back, since re-validating a 7 MB answer would cost as much as writing it.
+/// Cloning shares the bytes (a cached graph answer is sent to many clients uncopied).
+#[derive(Debug, Clone)]
+pub struct RawJson(Bytes);
+
+impl RawJson {
+    /// `json` must be one complete JSON value in UTF-8; only our own encoders call this.
+    pub(crate) fn trusted(json: impl Into<Bytes>) -> RawJson {
+        RawJson(json.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+}
+
+impl From<Value> for Answer {
+    fn from(v: Value) -> Self {
+        Answer::Value(v)
+    }
+}
+
+impl Answer {
+    /// The answer as a value tree (for callers that inspect or edit it).
+    pub fn into_value(self) -> Value {
+        match self {
+            Answer::Value(v) => v,
+            other => serde_json::from_slice(&other.to_vec()).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The bytes of a raw answer (others are written out).
+    pub fn into_raw_bytes(self) -> Bytes {
+        match self {
+            Answer::Raw(r) => r.0,
+            other => Bytes::from(other.to_vec()),
+        }
+    }
+
+    /// The answer as JSON bytes (an HTTP body, an SSE event's data, a stdio line).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len_hint());
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Several answers as one JSON array (a batch reply).
+    pub fn batch_to_vec(answers: &[Answer]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(answers.iter().map(|a| a.len_hint() + 1).sum::<usize>() + 2);
+        out.push(b'[');
+        for (i, answer) in answers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            answer.write_to(&mut out);
+        }
+        out.push(b']');
+        out
+    }
+
+    fn len_hint(&self) -> usize {
+        match self {
+            Answer::Value(_) => 128,
+            Answer::Raw(r) => r.0.len(),
+            Answer::Response { result, .. } => result.0.len() + 64,
+        }
+    }
+
+    /// The head of a success response up to its result: `{"jsonrpc":"2.0","id":ID,"result":`.
+    pub fn response_head(id: &RequestId) -> Vec<u8> {
+        let mut out = br#"{"jsonrpc":"2.0","id":"#.to_vec();
+        // Writing a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, id);
+        out.extend_from_slice(br#","result":"#);
+        out
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        // Writing a Value into a Vec cannot fail.
+        match self {
+            Answer::Value(v) => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+            Answer::Raw(r) => out.extend_from_slice(&r.0),
+            Answer::Response { id, result } => {
+                out.extend_from_slice(&Self::response_head(id));
+                out.extend_from_slice(&result.0);
+                out.push(b'}');
+            }
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.to_vec()))
+    }
+}
+
+pub fn response(id: &RequestId, result: impl Into<Answer>) -> Answer {
+    match result.into() {
+        Answer::Value(result) => Answer::Value(json!({ "jsonrpc": "2.0", "id": id, "result": result })),
+        Answer::Raw(result) => Answer::Response { id: id.clone(), result },
+        // A response is never a result; keep it whole rather than nest it.
+        whole @ Answer::Response { .. } => whole,
+    }
 }
 
 pub fn error_response(id: Option<&RequestId>, err: &RpcError) -> Value {

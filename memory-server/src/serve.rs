@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -71,6 +72,13 @@ pub async fn serve(config: DaemonConfig) -> Result<(), ServeError> {
             let _ = drain_tx.send(());
         }
     };
+    // No Nagle delay: an answer sent in parts (head, shared cached result, closing
+    // brace) must not wait for the client's delayed ACK before its last byte.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let serving = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown);
     tokio::select! {
         result = serving => result.map_err(ServeError::Io)?,

@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::dispatch::{McpServer, server_info};
 use crate::protocol::{
-    ALL_VERSIONS, META_PROTOCOL_VERSION, RequestId, RpcError, STATELESS_VERSION, code, meta_version, notification,
-    response,
+    ALL_VERSIONS, Answer, META_PROTOCOL_VERSION, RawJson, RequestId, RpcError, STATELESS_VERSION, code, meta_version,
+    notification, response,
 };
 use crate::tools::GRAPH_RESOURCE_URI;
 
@@ -151,13 +151,19 @@ pub fn discover() -> Value {
 
 /// Adds what every 2026-07-28 result carries: `resultType`, the server identity in
 /// `_meta`, and for cacheable results `ttlMs`/`cacheScope`.
-pub fn decorate(method: &str, mut result: Value) -> Value {
-    let Value::Object(obj) = &mut result else { return result };
-    obj.insert("resultType".into(), "complete".into());
-    let meta = obj.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(meta) = meta {
-        meta.insert(SERVER_INFO_KEY.into(), server_info());
+pub fn decorate(method: &str, result: Answer) -> Answer {
+    match result {
+        Answer::Value(v) => Answer::Value(decorate_value(method, v)),
+        Answer::Raw(raw) => Answer::Raw(decorate_raw(method, raw)),
+        whole @ Answer::Response { .. } => whole,
     }
+}
+
+/// The members `decorate` adds, `_meta` holding only the server identity.
+fn added_members(method: &str) -> Map<String, Value> {
+    let mut added = Map::new();
+    added.insert("resultType".into(), "complete".into());
+    added.insert("_meta".into(), json!({ SERVER_INFO_KEY: server_info() }));
     let cache = match method {
         "server/discover" | "tools/list" | "resources/list" | "resources/templates/list" => {
             Some((STATIC_TTL_MS, "public"))
@@ -167,10 +173,37 @@ pub fn decorate(method: &str, mut result: Value) -> Value {
         _ => None,
     };
     if let Some((ttl, scope)) = cache {
-        obj.insert("ttlMs".into(), ttl.into());
-        obj.insert("cacheScope".into(), scope.into());
+        added.insert("ttlMs".into(), ttl.into());
+        added.insert("cacheScope".into(), scope.into());
+    }
+    added
+}
+
+fn decorate_value(method: &str, mut result: Value) -> Value {
+    let Value::Object(obj) = &mut result else { return result };
+    for (key, value) in added_members(method) {
+        match (obj.get_mut(&key), value) {
+            (Some(Value::Object(meta)), Value::Object(ours)) => meta.extend(ours),
+            (_, value) => {
+                obj.insert(key, value);
+            }
+        }
     }
     result
+}
+
+/// A raw result is a tool or resource result we wrote ourselves, an object without any
+/// of the added members: they go in front of its own, without parsing it.
+fn decorate_raw(method: &str, raw: RawJson) -> RawJson {
+    let Some(rest) = raw.as_bytes().strip_prefix(b"{") else { return raw };
+    let added = Value::Object(added_members(method)).to_string();
+    let mut out = Vec::with_capacity(added.len() + rest.len() + 1);
+    out.extend_from_slice(&added.as_bytes()[..added.len() - 1]); // `{...` without its closing brace
+    if !rest.trim_ascii_start().starts_with(b"}") {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    RawJson::trusted(out)
 }
 
 /// Errors whose code changed in this revision: resource not found is `-32602`.
@@ -184,9 +217,9 @@ fn remap(mut e: RpcError) -> RpcError {
 impl McpServer {
     /// Serves one 2026-07-28 request other than `subscriptions/listen` (its version
     /// already checked). Unknown methods are `-32601`.
-    pub async fn handle_stateless(&self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+    pub async fn handle_stateless(&self, method: &str, params: Option<Value>) -> Result<Answer, RpcError> {
         let result = match method {
-            "server/discover" => discover(),
+            "server/discover" => discover().into(),
             "tools/list" | "tools/call" | "resources/list" | "resources/templates/list" | "resources/read" => {
                 self.handle(None, method, params).await.map_err(remap)?
             }
@@ -263,7 +296,7 @@ impl Listener {
 
     /// The graceful end of the subscription (server shutdown).
     pub fn closing_response(&self) -> Value {
-        response(&self.id, json!({ "resultType": "complete", "_meta": { SUBSCRIPTION_ID_KEY: &self.id } }))
+        response(&self.id, json!({ "resultType": "complete", "_meta": { SUBSCRIPTION_ID_KEY: &self.id } })).into_value()
     }
 }
 
@@ -299,11 +332,25 @@ mod tests {
 
     #[test]
     fn decoration() {
-        let r = decorate("tools/list", json!({"tools": []}));
+        let r = decorate("tools/list", json!({"tools": []}).into()).into_value();
         assert_eq!(r["resultType"], "complete");
         assert_eq!(r["cacheScope"], "public");
         assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "memory-server");
-        let r = decorate("tools/call", json!({"content": []}));
+        let r = decorate("tools/call", json!({"content": [], "_meta": {"x": 1}}).into()).into_value();
         assert!(r.get("ttlMs").is_none());
+        assert_eq!(r["_meta"]["x"], 1, "a result's own _meta is kept");
+        assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "memory-server");
+    }
+
+    #[test]
+    fn raw_results_are_decorated_like_values() {
+        for (method, text) in
+            [("tools/call", r#"{"content":[],"structuredContent":{"a":1}}"#), ("resources/read", "{}")]
+        {
+            let raw = RawJson::trusted(text.to_owned());
+            let from_raw = decorate(method, Answer::Raw(raw)).into_value();
+            let from_value = decorate(method, serde_json::from_str::<Value>(text).unwrap().into()).into_value();
+            assert_eq!(from_raw, from_value, "{method}");
+        }
     }
 }

@@ -140,6 +140,16 @@ pub fn open_nodes(conn: &Connection, names: &[String]) -> Result<KnowledgeGraph,
 /// trigram index (see `trigram_phrase`); shorter ones scan (they match most of the
 /// graph anyway). Four statements.
 pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, GraphError> {
+    search_nodes_planned(conn, query, &TrigramCounts::default())
+}
+
+/// [`search_nodes`] planned with the store's remembered trigram counts (see
+/// [`TrigramCounts`]), which spare most searches the counting.
+pub fn search_nodes_planned(
+    conn: &Connection,
+    query: &str,
+    counts: &TrigramCounts,
+) -> Result<KnowledgeGraph, GraphError> {
     let needle = query.to_lowercase();
     let names: String = if needle.is_empty() {
         // Everything matches, but (as in the official server) relations between two
@@ -149,6 +159,8 @@ pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, Gr
     } else if let Some(phrase) = trigram_phrase(&needle) {
         // The index yields candidates; the `instr` recheck on them is what makes the
         // answer the scan's (see `trigram_phrase` for the rows it keeps out).
+        let entity_phrase = selective_phrase(conn, counts, Index::Entities, &needle, &phrase)?;
+        let observation_phrase = selective_phrase(conn, counts, Index::Observations, &needle, &phrase)?;
         let mut stmt = conn.prepare_cached(
             "SELECT json_group_array(name) FROM (
                 SELECT name FROM entities
@@ -156,11 +168,11 @@ pub fn search_nodes(conn: &Connection, query: &str) -> Result<KnowledgeGraph, Gr
                    AND (instr(lower(name), ?2) > 0 OR instr(lower(entity_type), ?2) > 0)
                 UNION
                 SELECT entity_name FROM observations
-                 WHERE id IN (SELECT rowid FROM observation_fts WHERE observation_fts MATCH ?1)
+                 WHERE id IN (SELECT rowid FROM observation_fts WHERE observation_fts MATCH ?3)
                    AND instr(lower(content), ?2) > 0
             )",
         )?;
-        stmt.query_row(params![phrase, needle], |row| row.get(0))?
+        stmt.query_row(params![entity_phrase, needle, observation_phrase], |row| row.get(0))?
     } else {
         let mut stmt = conn.prepare_cached(
             "SELECT json_group_array(name) FROM (
@@ -216,6 +228,109 @@ fn trigram_phrase(needle: &str) -> Option<String> {
         return None;
     }
     Some(format!("\"{}\"", needle.replace('"', "\"\"")))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Index {
+    Entities,
+    Observations,
+}
+
+/// Trigrams probed per index at most (spread over a long needle), so a search runs a
+/// bounded number of statements whatever the needle's length.
+pub(crate) const MAX_PROBES: usize = 6;
+/// Remembered counts kept at most; past this the memory starts over.
+const MAX_REMEMBERED: usize = 50_000;
+
+/// How many rows of each index hold a trigram, counted up to a limit and remembered:
+/// the statistics [`selective_phrase`] plans a search with. Counting costs about as
+/// much as a search (10 to 80 µs per trigram), but the trigrams of searches repeat, so
+/// most are counted once. A count may be out of date (rows come and go); that only
+/// makes a plan slower, never an answer wrong, since every plan finds a superset of
+/// the needle's rows and the `instr` recheck decides. Forgotten now and then by the
+/// store (see `Store::write`) so counts follow a growing graph.
+pub struct TrigramCounts {
+    counts: std::sync::Mutex<HashMap<(Index, String), i64>>,
+    /// Below this a trigram alone is the whole query.
+    few: i64,
+    /// Counting stops here: the trigram is common.
+    many: i64,
+}
+
+impl Default for TrigramCounts {
+    fn default() -> Self {
+        TrigramCounts::with_limits(64, 1024)
+    }
+}
+
+impl TrigramCounts {
+    /// Counts with other limits than the default 64 and 1024 (tests use tiny ones to
+    /// reach every plan with tiny graphs).
+    pub fn with_limits(few: i64, many: i64) -> Self {
+        TrigramCounts { counts: std::sync::Mutex::new(HashMap::new()), few, many }
+    }
+
+    pub fn forget(&self) {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn count(&self, conn: &Connection, index: Index, trigram: &str) -> Result<i64, GraphError> {
+        let key = (index, trigram.to_owned());
+        if let Some(&n) = self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(n);
+        }
+        let mut probe = conn.prepare_cached(match index {
+            Index::Entities => "SELECT count(*) FROM (SELECT 1 FROM entity_fts WHERE entity_fts MATCH ?1 LIMIT ?2)",
+            Index::Observations => {
+                "SELECT count(*) FROM (SELECT 1 FROM observation_fts WHERE observation_fts MATCH ?1 LIMIT ?2)"
+            }
+        })?;
+        let n: i64 = probe.query_row(params![trigram, self.many], |r| r.get(0))?;
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if counts.len() >= MAX_REMEMBERED {
+            counts.clear();
+        }
+        counts.insert(key, n);
+        Ok(n)
+    }
+}
+
+/// The MATCH expression that finds the candidates for `needle` most cheaply in one
+/// index. FTS5 reads the whole posting list of every trigram of a phrase, so a needle
+/// made of common trigrams (`<g000123>`: `<g0` and `000` occur in nearly every row)
+/// costs as much as the graph is large, however few rows hold the whole needle. Every
+/// row holding the needle holds each of its trigrams, so any of them finds a superset
+/// (the `instr` recheck makes the answer exact), and the rarest find it cheapest: the
+/// rarest trigram alone when it is rare, else the two rarest together when both are
+/// below the counting limit, else the rarest alone when it is, else the whole phrase
+/// (all common: the phrase is the most selective query there is).
+fn selective_phrase(
+    conn: &Connection,
+    counts: &TrigramCounts,
+    index: Index,
+    needle: &str,
+    phrase: &str,
+) -> Result<String, GraphError> {
+    let chars: Vec<char> = needle.chars().collect();
+    if chars.len() <= TRIGRAM + 1 {
+        return Ok(phrase.to_owned()); // one or two trigrams: nothing to choose
+    }
+    let windows: Vec<&[char]> = chars.windows(TRIGRAM).collect();
+    let mut counted = Vec::with_capacity(MAX_PROBES);
+    for i in 0..windows.len().min(MAX_PROBES) {
+        let at = if windows.len() <= MAX_PROBES { i } else { i * (windows.len() - 1) / (MAX_PROBES - 1) };
+        let trigram: String = windows[at].iter().collect();
+        let quoted = format!("\"{}\"", trigram.replace('"', "\"\""));
+        let hits = counts.count(conn, index, &quoted)?;
+        counted.push((hits, quoted));
+    }
+    counted.sort_by_key(|(hits, _)| *hits);
+    Ok(match counted.as_slice() {
+        [(rarest, trigram), ..] if *rarest < counts.few => trigram.clone(),
+        [(_, first), (second_hits, second), ..] if *second_hits < counts.many => format!("{first} AND {second}"),
+        [(rarest, trigram), ..] if *rarest < counts.many => trigram.clone(),
+        _ => phrase.to_owned(),
+    })
 }
 
 /// Entities named in the JSON array `names`, their observations, and the relations with

@@ -3,6 +3,7 @@
 //! lock) and an r2d2 pool of readers. All methods block; callers run them on
 //! `spawn_blocking` threads.
 
+mod commit;
 pub mod graph;
 pub mod migrate;
 pub mod model;
@@ -10,23 +11,22 @@ pub mod registry;
 #[cfg(test)]
 mod search_tests;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Bytes;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value as SqlValue, ValueRef};
-use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::broadcast;
 
 pub use graph::GraphError;
 
-/// How long one write waits for another process's lock before giving up. SQLite's own
-/// busy handler covers 5 s (`busy_timeout`); we retry `BEGIN IMMEDIATE` beyond that
-/// so a burst of writers in several processes never surfaces `SQLITE_BUSY`.
-const WRITE_DEADLINE: Duration = Duration::from_secs(60);
+use commit::WRITE_DEADLINE;
 const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("{path}: the write was cancelled (the client closed its request) before it committed")]
     Cancelled { path: PathBuf },
+    #[error("{path}: internal error: the write was not run (see the log)")]
+    NotRun { path: PathBuf },
     #[error(transparent)]
     Graph(GraphError),
 }
@@ -66,8 +68,9 @@ pub fn with_cancel<T>(cancel: Option<Arc<AtomicBool>>, f: impl FnOnce() -> T) ->
     out
 }
 
-fn cancelled() -> bool {
-    CANCEL.with(|c| c.borrow().as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst)))
+/// The cancellation flag of the request this thread works for.
+fn current_cancel() -> Option<Arc<AtomicBool>> {
+    CANCEL.with(|c| c.borrow().clone())
 }
 
 impl StoreError {
@@ -90,6 +93,8 @@ impl StoreError {
 pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Writes waiting for a batch (see `commit`).
+    queue: Mutex<commit::Queue>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     changes: broadcast::Sender<()>,
     /// `PRAGMA data_version` of the writer connection when last polled: it moves only
@@ -97,6 +102,57 @@ pub struct Store {
     outside_version: AtomicI64,
     /// Whether a task polls for commits by other processes (while anyone subscribes).
     watching: AtomicBool,
+    /// A connection that only asks `PRAGMA data_version`, whose value moves whenever any
+    /// other connection (our writer, another process) commits: it names the committed
+    /// state a cached answer was built from.
+    probe: Mutex<Connection>,
+    /// Serialized whole-graph answers (see [`Store::read_cached`]) with the probe's
+    /// version they were built at.
+    cached: Mutex<HashMap<&'static str, (i64, Bytes)>>,
+    /// Held while a cached answer is built, so concurrent misses build it once.
+    building: Mutex<()>,
+    /// Wakes this store's checkpoint thread (see [`checkpointer`]).
+    checkpoint_due: std::sync::mpsc::SyncSender<()>,
+    /// Committed batches since the checkpoint thread was last woken.
+    batches: std::sync::atomic::AtomicU32,
+    /// Search planning statistics (see [`graph::TrigramCounts`]).
+    trigram_counts: graph::TrigramCounts,
+    /// Committed batches since the trigram counts were last forgotten.
+    batches_since_recount: std::sync::atomic::AtomicU32,
+}
+
+/// Committed write batches after which remembered trigram counts are forgotten, so
+/// search plans follow a graph that grows or changes.
+const BATCHES_PER_RECOUNT: u32 = 1024;
+
+/// Committed write batches between two background checkpoints: a few hundred WAL pages.
+const BATCHES_PER_CHECKPOINT: u32 = 32;
+/// The writer's own automatic checkpoint, a backstop should the background one fall
+/// behind (SQLite's default is 1,000 pages).
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
+/// Starts the thread that folds the WAL back into the database file when woken, on its
+/// own connection: a `PASSIVE` checkpoint copies what no reader still needs and never
+/// blocks writers, so no write waits for the copying and the `fsync`s it ends with
+/// (with SQLite's automatic checkpoint the unlucky commit does all that itself). The
+/// thread ends when the store is dropped.
+fn checkpointer(path: &Path) -> rusqlite::Result<std::sync::mpsc::SyncSender<()>> {
+    let mut conn = Connection::open_with_flags(path, reader_flags())?;
+    configure(&mut conn)?;
+    let (due, wake) = std::sync::mpsc::sync_channel::<()>(1);
+    let db = path.display().to_string();
+    let spawned = std::thread::Builder::new().name("wal-checkpoint".into()).spawn(move || {
+        while wake.recv().is_ok() {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::debug!(db, error = %e, "background checkpoint did not run");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Without the thread SQLite's automatic checkpoint (the backstop) still runs.
+        tracing::warn!(db = %path.display(), error = %e, "cannot start the checkpoint thread");
+    }
+    Ok(due)
 }
 
 /// How often a store with subscribers looks for commits made by other processes.
@@ -139,13 +195,25 @@ impl Store {
             .map_err(|source| StoreError::Pool { path: path.to_owned(), source })?;
         let (changes, _) = broadcast::channel(16);
         let version = data_version(&writer).map_err(sqlite)?;
+        let mut probe = Connection::open_with_flags(path, reader_flags()).map_err(sqlite)?;
+        configure(&mut probe).map_err(sqlite)?;
+        writer.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES).map_err(sqlite)?;
+        let checkpoint_due = checkpointer(path).map_err(sqlite)?;
         Ok(Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
+            queue: Mutex::new(commit::Queue::default()),
             readers,
             changes,
             outside_version: AtomicI64::new(version),
             watching: AtomicBool::new(false),
+            probe: Mutex::new(probe),
+            cached: Mutex::new(HashMap::new()),
+            building: Mutex::new(()),
+            checkpoint_due,
+            batches: std::sync::atomic::AtomicU32::new(0),
+            trigram_counts: graph::TrigramCounts::default(),
+            batches_since_recount: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -153,43 +221,114 @@ impl Store {
         &self.path
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits it. `f` may run more
-    /// than once if another process holds the lock past the busy timeout, so it must
-    /// only touch the transaction. Subscribers are told when rows changed.
-    pub fn write<T>(&self, mut f: impl FnMut(&Connection) -> Result<T, GraphError>) -> Result<T, StoreError> {
-        // A panic while holding the lock cannot leave a transaction open (the
-        // Transaction guard rolls back on drop), so a poisoned lock is safe to reuse.
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let deadline = Instant::now() + WRITE_DEADLINE;
+    /// The statistics searches of this database are planned with.
+    pub fn trigram_counts(&self) -> &graph::TrigramCounts {
+        &self.trigram_counts
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and returns once that transaction
+    /// has committed. Concurrent writes share transactions (see `commit`): `f` may run
+    /// more than once (when another process holds the lock past the busy timeout, or a
+    /// write sharing its transaction failed), so it must only touch the transaction.
+    /// Subscribers are told when rows changed. Blocks; from async code use
+    /// [`Store::write_async`].
+    pub fn write<T: Send + 'static>(
+        &self,
+        f: impl FnMut(&Connection) -> Result<T, GraphError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (job, slot, outcome) = Self::job(f, current_cancel());
+        if commit::Queue::push(&self.queue, job) {
+            self.combine();
+        }
+        let outcome = outcome.blocking_recv();
+        self.write_outcome(outcome, &slot)
+    }
+
+    /// [`Store::write`] for async callers: the write waits without holding a thread,
+    /// and a blocking thread runs only when no batch is running already. `cancel` is
+    /// the request's cancellation flag.
+    pub async fn write_async<T: Send + 'static>(
+        self: &Arc<Self>,
+        cancel: Option<Arc<AtomicBool>>,
+        f: impl FnMut(&Connection) -> Result<T, GraphError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (job, slot, outcome) = Self::job(f, cancel);
+        if commit::Queue::push(&self.queue, job) {
+            let store = self.clone();
+            // Joined through `outcome`: the combiner finishes every job it takes.
+            drop(tokio::task::spawn_blocking(move || store.combine()));
+        }
+        let outcome = outcome.await;
+        self.write_outcome(outcome, &slot)
+    }
+
+    /// Wraps `f` as a job that leaves its value in the returned slot.
+    #[allow(clippy::type_complexity)]
+    fn job<T: Send + 'static>(
+        mut f: impl FnMut(&Connection) -> Result<T, GraphError> + Send + 'static,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> (commit::Job, Arc<Mutex<Option<T>>>, tokio::sync::oneshot::Receiver<Result<(), commit::Failure>>) {
+        let slot = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        let work = Box::new(move |conn: &Connection| {
+            let value = f(conn)?;
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+            Ok(())
+        });
+        let (job, outcome) = commit::Job::new(work, cancel);
+        (job, slot, outcome)
+    }
+
+    /// Runs queued batches until the queue is empty (see `commit`).
+    fn combine(&self) {
+        let _unwinding = commit::ReleaseOnPanic(&self.queue);
         loop {
-            if cancelled() {
+            let batch = commit::Queue::take_batch(&self.queue);
+            if batch.is_empty() {
+                return;
+            }
+            // A panic while holding the lock cannot leave a transaction open (the
+            // Transaction guard rolls back on drop), so a poisoned lock is safe to reuse.
+            let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if commit::run_batch(&mut conn, batch) {
+                drop(conn);
+                self.forget_cached();
+                let _ = self.changes.send(());
+                if self.batches.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_CHECKPOINT {
+                    self.batches.store(0, Ordering::Relaxed);
+                    // Full means a wake-up is pending already.
+                    let _ = self.checkpoint_due.try_send(());
+                }
+                if self.batches_since_recount.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_RECOUNT {
+                    self.batches_since_recount.store(0, Ordering::Relaxed);
+                    self.trigram_counts.forget();
+                }
+            }
+        }
+    }
+
+    fn write_outcome<T>(
+        &self,
+        outcome: Result<Result<(), commit::Failure>, tokio::sync::oneshot::error::RecvError>,
+        slot: &Mutex<Option<T>>,
+    ) -> Result<T, StoreError> {
+        let path = || self.path.clone();
+        match outcome {
+            // The job ran and committed, so its value is in the slot.
+            Ok(Ok(())) => {
+                slot.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(StoreError::NotRun { path: path() })
+            }
+            // The combiner drops a job unfinished only if it panicked.
+            Err(_) => Err(StoreError::NotRun { path: path() }),
+            Ok(Err(commit::Failure::Cancelled)) => {
                 tracing::info!(db = %self.path.display(), "write cancelled before commit");
-                return Err(StoreError::Cancelled { path: self.path.clone() });
+                Err(StoreError::Cancelled { path: path() })
             }
-            let before = conn.total_changes();
-            match run_write(&mut conn, &mut f) {
-                Ok(value) => {
-                    if conn.total_changes() != before {
-                        let _ = self.changes.send(());
-                    }
-                    return Ok(value);
-                }
-                Err(_) if cancelled() => {
-                    tracing::info!(db = %self.path.display(), "write cancelled before commit");
-                    return Err(StoreError::Cancelled { path: self.path.clone() });
-                }
-                Err(GraphError::Sqlite(e)) if is_busy(&e) && Instant::now() < deadline => {
-                    tracing::debug!(db = %self.path.display(), "write lock busy, retrying");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(GraphError::Sqlite(e)) if is_busy(&e) => {
-                    return Err(StoreError::Locked { path: self.path.clone() });
-                }
-                Err(GraphError::Sqlite(source)) => {
-                    return Err(StoreError::Sqlite { path: self.path.clone(), source });
-                }
-                Err(e) => return Err(StoreError::Graph(e)),
+            Ok(Err(commit::Failure::Locked)) => Err(StoreError::Locked { path: path() }),
+            Ok(Err(commit::Failure::Graph(GraphError::Sqlite(source)))) => {
+                Err(StoreError::Sqlite { path: path(), source })
             }
+            Ok(Err(commit::Failure::Graph(e))) => Err(StoreError::Graph(e)),
         }
     }
 
@@ -200,9 +339,52 @@ impl Store {
         let before = conn.total_changes();
         let value = f(&mut conn);
         if conn.total_changes() != before {
+            self.forget_cached();
             let _ = self.changes.send(());
         }
         value
+    }
+
+    /// The answer `build` makes from the whole graph, built once per committed state:
+    /// while nothing commits (in this process or any other) every caller gets the same
+    /// bytes, shared, and concurrent callers wait for one build. For `read_graph`, whose
+    /// answer is the largest and whose cost grows with the graph.
+    pub fn read_cached(
+        &self,
+        key: &'static str,
+        build: impl FnOnce(&Connection) -> Result<Bytes, GraphError>,
+    ) -> Result<Bytes, StoreError> {
+        let lookup = |version| {
+            let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            cached.get(key).filter(|(built_at, _)| *built_at == version).map(|(_, bytes)| bytes.clone())
+        };
+        if let Some(hit) = lookup(self.committed_version()?) {
+            return Ok(hit);
+        }
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        let version = self.committed_version()?;
+        if let Some(hit) = lookup(version) {
+            return Ok(hit);
+        }
+        let bytes = self.read(build)?;
+        // Kept only when nothing committed between the probe and the end of the read,
+        // so the snapshot read is the state `version` names.
+        if self.committed_version()? == version {
+            let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            cached.insert(key, (version, bytes.clone()));
+        }
+        Ok(bytes)
+    }
+
+    /// A number that changes whenever any connection but the probe commits.
+    fn committed_version(&self) -> Result<i64, StoreError> {
+        let probe = self.probe.lock().unwrap_or_else(|p| p.into_inner());
+        data_version(&probe).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// Drops cached answers after our own commit (they would miss anyway; this frees them).
+    fn forget_cached(&self) {
+        self.cached.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Runs `f` on a pooled reader inside one read transaction, so the statements of
@@ -275,27 +457,6 @@ impl Store {
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0))
-}
-
-fn run_write<T>(
-    conn: &mut Connection,
-    f: &mut impl FnMut(&Connection) -> Result<T, GraphError>,
-) -> Result<T, GraphError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if cancelled() {
-        // Dropping the transaction rolls it back; the caller reports the cancellation.
-        return Err(GraphError::Sqlite(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_INTERRUPT),
-            Some("cancelled".into()),
-        )));
-    }
-    let value = f(&tx)?;
-    tx.commit()?;
-    Ok(value)
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 /// Readers: enough for every core to be busy plus some waiting on I/O.
@@ -446,9 +607,9 @@ mod tests {
     fn failed_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("m.db")).unwrap();
-        store.write(|c| graph::create_entities(c, &[entity("a", "t", &[])])).unwrap();
+        store.write(move |c| graph::create_entities(c, &[entity("a", "t", &[])])).unwrap();
         let err = store
-            .write(|c| {
+            .write(move |c| {
                 graph::add_observations(
                     c,
                     &[
@@ -461,6 +622,52 @@ mod tests {
         assert_eq!(err.to_string(), "Entity with name missing not found");
         let g = store.read(graph::read_graph).unwrap();
         assert!(g.entities[0].observations.is_empty());
+    }
+
+    /// A cached answer is reused while nothing commits and rebuilt after a commit by
+    /// this store, by another store on the file (another daemon) and by a plain SQLite
+    /// connection (another program); a failed write does not invalidate it.
+    #[test]
+    fn cached_answers_follow_every_commit() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Store::open(&path).unwrap();
+        let builds = AtomicUsize::new(0);
+        let names = || {
+            store
+                .read_cached("names", |c| {
+                    builds.fetch_add(1, Ordering::SeqCst);
+                    let names: String =
+                        c.query_row("SELECT coalesce(group_concat(name), '') FROM entities", [], |r| r.get(0))?;
+                    Ok(Bytes::from(names))
+                })
+                .unwrap()
+        };
+        assert_eq!(names(), "");
+        assert_eq!(names(), "");
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "nothing committed: built once");
+
+        store.write(move |c| graph::create_entities(c, &[entity("a", "t", &[])])).unwrap();
+        assert_eq!(names(), "a");
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+
+        let other_daemon = Store::open(&path).unwrap();
+        other_daemon.write(move |c| graph::create_entities(c, &[entity("b", "t", &[])])).unwrap();
+        assert_eq!(names(), "a,b");
+
+        let other_program = Connection::open(&path).unwrap();
+        other_program.execute("INSERT INTO entities (name, entity_type) VALUES ('c', 't')", []).unwrap();
+        assert_eq!(names(), "a,b,c");
+        assert_eq!(names(), "a,b,c");
+        assert_eq!(builds.load(Ordering::SeqCst), 4);
+
+        let failed = store.write(move |c| {
+            graph::add_observations(c, &[model::ObservationAddition { entity_name: "zz".into(), contents: vec![] }])
+        });
+        assert!(failed.is_err());
+        assert_eq!(names(), "a,b,c");
+        assert_eq!(builds.load(Ordering::SeqCst), 4, "a rolled-back write changes nothing");
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! every result is shaped and pretty-printed exactly as that server prints it.
 
 pub mod args;
+mod encode;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::protocol::RpcError;
+use crate::protocol::{Answer, RawJson, RpcError};
 use crate::store::model::{Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation};
 use crate::store::{GraphError, Store, StoreError, graph};
 
@@ -38,13 +40,23 @@ pub fn resource_list() -> Value {
     }]})
 }
 
-/// The `resources/read` result for the graph resource.
-pub fn resource_contents(graph: &KnowledgeGraph) -> Result<Value, RpcError> {
-    Ok(json!({ "contents": [{
-        "uri": GRAPH_RESOURCE_URI,
-        "mimeType": "application/json",
-        "text": pretty(graph)?,
-    }]}))
+/// The `resources/read` result for the graph resource, built once per committed state
+/// (see [`Store::read_cached`]). Blocks: call it from a blocking thread.
+pub fn read_resource(store: &Store) -> Result<Answer, RpcError> {
+    let bytes = store
+        .read_cached("resources/read", |c| {
+            let answer =
+                encode::resource_contents(GRAPH_RESOURCE_URI, &graph::read_graph(c)?).map_err(encode_failure)?;
+            Ok(answer.into_raw_bytes())
+        })
+        .map_err(|e| RpcError::internal(e.to_string()))?;
+    Ok(Answer::Raw(RawJson::trusted(bytes)))
+}
+
+/// An answer that cannot be encoded (serde_json writing our own types into memory
+/// does not fail in practice) fails the read like an SQL conversion would.
+fn encode_failure(e: serde_json::Error) -> GraphError {
+    GraphError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
 /// A parsed tool call.
@@ -64,7 +76,7 @@ pub enum ToolCall {
 impl ToolCall {
     /// `Err` is a protocol error (unknown tool); `Ok(Err(result))` is an argument error
     /// reported to the model as a tool result with `isError: true`.
-    pub fn parse(name: &str, arguments: &Value) -> Result<Result<ToolCall, Value>, RpcError> {
+    pub fn parse(name: &str, arguments: &Value) -> Result<Result<ToolCall, Answer>, RpcError> {
         let parsed = match name {
             "create_entities" => args::create_entities(arguments).map(ToolCall::CreateEntities),
             "create_relations" => args::relations(arguments).map(ToolCall::CreateRelations),
@@ -80,44 +92,89 @@ impl ToolCall {
         Ok(parsed.map_err(|e| error_result(&e.message(name))))
     }
 
-    /// Runs the call against `store` in one transaction. Blocks: call it from a
-    /// blocking thread.
-    pub fn run(self, store: &Store) -> Value {
-        self.execute(store).unwrap_or_else(|e| {
-            if !matches!(e, ToolError::Store(StoreError::Graph(GraphError::EntityNotFound(_)))) {
-                tracing::error!(error = %e, "tool call failed");
-            }
-            error_result(&e.to_string())
-        })
+    /// Runs a read-only call against `store` in one read transaction. Blocks: call it
+    /// from a blocking thread. Writes go through [`run`].
+    pub fn run(self, store: &Store) -> Answer {
+        outcome(self.read(store))
     }
 
-    fn execute(self, store: &Store) -> Result<Value, ToolError> {
+    fn read(self, store: &Store) -> Result<Answer, ToolError> {
         Ok(match self {
-            ToolCall::CreateEntities(e) => list("entities", &store.write(|c| graph::create_entities(c, &e))?)?,
-            ToolCall::CreateRelations(r) => list("relations", &store.write(|c| graph::create_relations(c, &r))?)?,
-            ToolCall::AddObservations(a) => list("results", &store.write(|c| graph::add_observations(c, &a))?)?,
-            ToolCall::DeleteEntities(n) => {
-                store.write(|c| graph::delete_entities(c, &n))?;
-                message("Entities deleted successfully")
+            ToolCall::ReadGraph => {
+                let bytes = store.read_cached("read_graph", |c| {
+                    let answer = graph_result(&graph::read_graph(c)?).map_err(encode_failure)?;
+                    Ok(answer.into_raw_bytes())
+                })?;
+                Answer::Raw(RawJson::trusted(bytes))
             }
-            ToolCall::DeleteObservations(d) => {
-                store.write(|c| graph::delete_observations(c, &d))?;
-                message("Observations deleted successfully")
-            }
-            ToolCall::DeleteRelations(r) => {
-                store.write(|c| graph::delete_relations(c, &r))?;
-                message("Relations deleted successfully")
-            }
-            ToolCall::ReadGraph => graph_result(&store.read(graph::read_graph)?)?,
             ToolCall::SearchNodes(q) => {
                 if store.read(graph::search_index_is_stale)? {
                     store.write(graph::repair_search_index)?;
                 }
-                graph_result(&store.read(|c| graph::search_nodes(c, &q))?)?
+                graph_result(&store.read(move |c| graph::search_nodes_planned(c, &q, store.trigram_counts()))?)?
             }
-            ToolCall::OpenNodes(n) => graph_result(&store.read(|c| graph::open_nodes(c, &n))?)?,
+            ToolCall::OpenNodes(n) => graph_result(&store.read(move |c| graph::open_nodes(c, &n))?)?,
+            write => return Err(ToolError::NotARead(write.name())),
         })
     }
+
+    /// A write call's work, queued with the store's other writes (see `Store::write_async`).
+    async fn write(self, store: &Arc<Store>, cancel: Option<Arc<AtomicBool>>) -> Result<Answer, ToolError> {
+        Ok(match self {
+            ToolCall::CreateEntities(e) => {
+                list("entities", &store.write_async(cancel, move |c| graph::create_entities(c, &e)).await?)?
+            }
+            ToolCall::CreateRelations(r) => {
+                list("relations", &store.write_async(cancel, move |c| graph::create_relations(c, &r)).await?)?
+            }
+            ToolCall::AddObservations(a) => {
+                list("results", &store.write_async(cancel, move |c| graph::add_observations(c, &a)).await?)?
+            }
+            ToolCall::DeleteEntities(n) => {
+                store.write_async(cancel, move |c| graph::delete_entities(c, &n)).await?;
+                message("Entities deleted successfully")
+            }
+            ToolCall::DeleteObservations(d) => {
+                store.write_async(cancel, move |c| graph::delete_observations(c, &d)).await?;
+                message("Observations deleted successfully")
+            }
+            ToolCall::DeleteRelations(r) => {
+                store.write_async(cancel, move |c| graph::delete_relations(c, &r)).await?;
+                message("Relations deleted successfully")
+            }
+            read @ (ToolCall::ReadGraph | ToolCall::SearchNodes(_) | ToolCall::OpenNodes(_)) => {
+                return Err(ToolError::NotAWrite(read.name()));
+            }
+        })
+    }
+
+    fn is_read(&self) -> bool {
+        matches!(self, ToolCall::ReadGraph | ToolCall::SearchNodes(_) | ToolCall::OpenNodes(_))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            ToolCall::CreateEntities(_) => "create_entities",
+            ToolCall::CreateRelations(_) => "create_relations",
+            ToolCall::AddObservations(_) => "add_observations",
+            ToolCall::DeleteEntities(_) => "delete_entities",
+            ToolCall::DeleteObservations(_) => "delete_observations",
+            ToolCall::DeleteRelations(_) => "delete_relations",
+            ToolCall::ReadGraph => "read_graph",
+            ToolCall::SearchNodes(_) => "search_nodes",
+            ToolCall::OpenNodes(_) => "open_nodes",
+        }
+    }
+}
+
+/// A tool's outcome as the model sees it: failures are `isError` results.
+fn outcome(result: Result<Answer, ToolError>) -> Answer {
+    result.unwrap_or_else(|e| {
+        if !matches!(e, ToolError::Store(StoreError::Graph(GraphError::EntityNotFound(_)))) {
+            tracing::error!(error = %e, "tool call failed");
+        }
+        error_result(&e.to_string())
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,46 +183,58 @@ enum ToolError {
     Store(#[from] StoreError),
     #[error("could not encode the result: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("internal error: {0} was run as a read")]
+    NotARead(&'static str),
+    #[error("internal error: {0} was run as a write")]
+    NotAWrite(&'static str),
 }
 
-/// Runs a parsed call on a blocking thread against `store`.
-pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Value, RpcError> {
+/// Runs a parsed call against `store`: a read on a blocking thread, a write in the
+/// store's queue of writes.
+pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> {
     // A request that can be cancelled (2026-07-28, see `stateless::cancellable`) sets its
-    // flag when this future is dropped; the blocking write sees it before committing.
+    // flag when this future is dropped; a queued write sees it before committing.
     let cancel = crate::stateless::cancel_flag();
     let _on_drop = cancel.clone().map(crate::stateless::SetOnDrop);
+    if !call.is_read() {
+        return Ok(outcome(call.write(&store, cancel).await));
+    }
     tokio::task::spawn_blocking(move || crate::store::with_cancel(cancel, || call.run(&store)))
         .await
         .map_err(|e| RpcError::internal(format!("tool call panicked: {e}")))
 }
 
-/// A tool result whose text is `JSON.stringify(items, null, 2)` and whose
+/// The result of a write that returns items: the text shows the bare list, the
 /// structured content is `{key: items}`.
-fn list<T: Serialize>(key: &str, items: &[T]) -> Result<Value, serde_json::Error> {
-    let value = serde_json::to_value(items)?;
-    let text = serde_json::to_string_pretty(&value)?;
-    Ok(json!({ "content": [{ "type": "text", "text": text }], "structuredContent": { key: value } }))
+fn list<T: Serialize>(key: &str, items: &[T]) -> Result<Answer, serde_json::Error> {
+    encode::tool_result(items, &OneKey(key, items))
 }
 
-fn graph_result(graph: &KnowledgeGraph) -> Result<Value, serde_json::Error> {
-    let value = serde_json::to_value(graph)?;
-    let text = serde_json::to_string_pretty(&value)?;
-    Ok(json!({ "content": [{ "type": "text", "text": text }], "structuredContent": value }))
+fn graph_result(graph: &KnowledgeGraph) -> Result<Answer, serde_json::Error> {
+    encode::tool_result(graph, graph)
 }
 
-fn message(text: &str) -> Value {
-    json!({
+/// `{key: value}` with a key chosen at run time.
+struct OneKey<'a, T: ?Sized>(&'a str, &'a T);
+
+impl<T: Serialize + ?Sized> Serialize for OneKey<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
+}
+
+fn message(text: &str) -> Answer {
+    Answer::Value(json!({
         "content": [{ "type": "text", "text": text }],
         "structuredContent": { "success": true, "message": text },
-    })
+    }))
 }
 
-fn error_result(text: &str) -> Value {
-    json!({ "content": [{ "type": "text", "text": text }], "isError": true })
-}
-
-fn pretty<T: Serialize>(value: &T) -> Result<String, RpcError> {
-    serde_json::to_string_pretty(value).map_err(|e| RpcError::internal(e.to_string()))
+fn error_result(text: &str) -> Answer {
+    Answer::Value(json!({ "content": [{ "type": "text", "text": text }], "isError": true }))
 }
 
 #[cfg(test)]

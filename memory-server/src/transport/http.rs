@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router as AxumRouter;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -22,7 +22,7 @@ use super::guard::guard;
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
 use crate::protocol::{
-    Message, RequestId, RpcError, SESSION_VERSIONS, STATELESS_VERSION, error_response, parse_json, response,
+    Answer, Message, RequestId, RpcError, SESSION_VERSIONS, STATELESS_VERSION, error_response, parse_json, response,
     supported_version, version_allows_batch,
 };
 use crate::routing::{PROJECT_HEADER, ProjectPath, with_project};
@@ -125,7 +125,11 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
                     replies.push(reply);
                 }
             }
-            if replies.is_empty() { accepted() } else { reply_as.respond(StatusCode::OK, Value::Array(replies)) }
+            if replies.is_empty() {
+                accepted()
+            } else {
+                reply_as.respond_bytes(StatusCode::OK, Answer::batch_to_vec(&replies))
+            }
         }
         value => match Message::from_value(value) {
             Err((id, e)) => rpc_error_response(StatusCode::BAD_REQUEST, id.as_ref(), &e),
@@ -133,7 +137,7 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
                 initialize(&st, &id, params.as_ref(), reply_as)
             }
             Ok(message) => match serve(&st, session.as_ref(), message).await {
-                Some(reply) => reply_as.respond(StatusCode::OK, reply),
+                Some(reply) => reply_as.respond(StatusCode::OK, &reply),
                 None => accepted(),
             },
         },
@@ -145,32 +149,32 @@ fn initialize(st: &AppState, id: &RequestId, params: Option<&Value>, reply_as: R
     match McpServer::initialize(params) {
         Ok((result, version)) => {
             let session = st.server.sessions.create(version);
-            let mut resp = reply_as.respond(StatusCode::OK, response(id, result));
+            let mut resp = reply_as.respond(StatusCode::OK, &response(id, result));
             if let Ok(v) = HeaderValue::from_str(session.id()) {
                 resp.headers_mut().insert(SESSION_HEADER, v);
             }
             resp
         }
-        Err(e) => reply_as.respond(StatusCode::OK, error_response(Some(id), &e)),
+        Err(e) => reply_as.respond(StatusCode::OK, &error_response(Some(id), &e).into()),
     }
 }
 
 /// One message of a batch: an envelope error becomes an error entry.
-async fn serve_message(st: &AppState, session: Option<&Arc<Session>>, value: Value) -> Option<Value> {
+async fn serve_message(st: &AppState, session: Option<&Arc<Session>>, value: Value) -> Option<Answer> {
     match Message::from_value(value) {
-        Err((id, e)) => Some(error_response(id.as_ref(), &e)),
+        Err((id, e)) => Some(error_response(id.as_ref(), &e).into()),
         Ok(message) => serve(st, session, message).await,
     }
 }
 
 /// Serves one message; `None` for notifications and client responses.
-async fn serve(st: &AppState, session: Option<&Arc<Session>>, message: Message) -> Option<Value> {
+async fn serve(st: &AppState, session: Option<&Arc<Session>>, message: Message) -> Option<Answer> {
     match message {
         Message::Request { id, method, params } => {
             tracing::debug!(%method, session = session.map(|s| s.id()), "request");
             Some(match st.server.handle(session, &method, params).await {
                 Ok(result) => response(&id, result),
-                Err(e) => error_response(Some(&id), &e),
+                Err(e) => error_response(Some(&id), &e).into(),
             })
         }
         Message::Notification { method, .. } => {
@@ -285,11 +289,37 @@ pub(super) enum ReplyFormat {
 }
 
 impl ReplyFormat {
-    pub(super) fn respond(self, status: StatusCode, body: Value) -> Response {
+    pub(super) fn respond(self, status: StatusCode, body: &Answer) -> Response {
+        match (self, body) {
+            // A large result (maybe a cached graph shared with other requests) is sent
+            // from where it lies, between the envelope's head and its closing brace.
+            (ReplyFormat::Json, Answer::Response { id, result }) => {
+                let parts = [Bytes::from(Answer::response_head(id)), result.to_bytes(), Bytes::from_static(b"}")];
+                let length = parts.iter().map(Bytes::len).sum::<usize>();
+                let body = Body::from_stream(stream::iter(parts.map(Ok::<_, Infallible>)));
+                // With the length given, hyper sends a plain body rather than chunks.
+                (
+                    status,
+                    [
+                        (header::CONTENT_TYPE, "application/json".to_owned()),
+                        (header::CONTENT_LENGTH, length.to_string()),
+                    ],
+                    body,
+                )
+                    .into_response()
+            }
+            _ => self.respond_bytes(status, body.to_vec()),
+        }
+    }
+
+    pub(super) fn respond_bytes(self, status: StatusCode, json: Vec<u8>) -> Response {
         match self {
-            ReplyFormat::Json => (status, axum::Json(body)).into_response(),
+            ReplyFormat::Json => (status, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
             ReplyFormat::EventStream => {
-                let event = format!("event: message\ndata: {body}\n\n");
+                let mut event = Vec::with_capacity(json.len() + 24);
+                event.extend_from_slice(b"event: message\ndata: ");
+                event.extend_from_slice(&json);
+                event.extend_from_slice(b"\n\n");
                 (status, [(header::CONTENT_TYPE, "text/event-stream")], event).into_response()
             }
         }

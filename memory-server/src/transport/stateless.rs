@@ -14,7 +14,7 @@ use futures_util::stream::{self, Stream};
 use serde_json::Value;
 
 use super::http::{AppState, ReplyFormat, VERSION_HEADER, accepts, rpc_error_response};
-use crate::protocol::{Message, RequestId, RpcError, error_response, meta_version, response};
+use crate::protocol::{Answer, Message, RequestId, RpcError, error_response, meta_version, response};
 use crate::stateless::{self, LISTEN, Listener};
 
 pub const METHOD_HEADER: &str = "mcp-method";
@@ -55,7 +55,7 @@ pub(super) async fn post(
     match reply_as {
         ReplyFormat::Json => {
             let reply = reply(&id, st.server.handle_stateless(&method, params).await);
-            reply_as.respond(StatusCode::OK, reply)
+            reply_as.respond(StatusCode::OK, &reply)
         }
         ReplyFormat::EventStream => {
             // The work runs in its own task; the response stream owns it, so a client
@@ -72,9 +72,9 @@ pub(super) async fn post(
             )));
             let events = stream::unfold(Some(task), |task| async move {
                 let mut task = task?;
-                let message = (&mut task.0)
-                    .await
-                    .unwrap_or_else(|e| error_response(None, &RpcError::internal(format!("request failed: {e}"))));
+                let message = (&mut task.0).await.unwrap_or_else(|e| {
+                    error_response(None, &RpcError::internal(format!("request failed: {e}"))).into()
+                });
                 Some((Ok::<_, Infallible>(Event::default().event("message").data(message.to_string())), None))
             });
             sse(Sse::new(events).keep_alive(KeepAlive::new().interval(st.config.keep_alive)))
@@ -82,10 +82,10 @@ pub(super) async fn post(
     }
 }
 
-fn reply(id: &RequestId, result: Result<Value, RpcError>) -> Value {
+fn reply(id: &RequestId, result: Result<Answer, RpcError>) -> Answer {
     match result {
         Ok(result) => response(id, result),
-        Err(e) => error_response(Some(id), &e),
+        Err(e) => error_response(Some(id), &e).into(),
     }
 }
 
@@ -151,7 +151,7 @@ async fn listen(st: &AppState, headers: &HeaderMap, id: RequestId, params: Optio
     }
     let listener = match st.server.listen(&id, params.as_ref()).await {
         Ok(l) => l,
-        Err(e) => return ReplyFormat::Json.respond(StatusCode::OK, error_response(Some(&id), &e)),
+        Err(e) => return ReplyFormat::Json.respond(StatusCode::OK, &error_response(Some(&id), &e).into()),
     };
     let shutdown = st.server.shutdown.clone();
     sse(Sse::new(listen_events(listener, shutdown)).keep_alive(KeepAlive::new().interval(st.config.keep_alive)))

@@ -9,21 +9,21 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::dispatch::McpServer;
-use crate::protocol::{Message, RequestId, error_response, parse_json, response};
+use crate::protocol::{Answer, Message, RequestId, error_response, parse_json, response};
 use crate::routing::{ProjectPath, with_project};
 use crate::session::{Session, SessionRegistry};
 use crate::stateless::{self, LISTEN};
 
 /// Serves stdin until EOF.
 pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::io::Result<()> {
-    let (out_tx, mut out_rx) = mpsc::channel::<Value>(256);
+    let (out_tx, mut out_rx) = mpsc::channel::<Answer>(256);
     // One writer task, so every message is one whole line however many producers there are.
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Some(message) = out_rx.recv().await {
-            let mut line = message.to_string();
-            line.push('\n');
-            stdout.write_all(line.as_bytes()).await?;
+            let mut line = message.to_vec();
+            line.push(b'\n');
+            stdout.write_all(&line).await?;
             stdout.flush().await?;
         }
         Ok::<_, std::io::Error>(())
@@ -37,7 +37,7 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::i
     let notify_tx = out_tx.clone();
     let forward = tokio::spawn(async move {
         while let Some(message) = stream.rx.recv().await {
-            if notify_tx.send(message).await.is_err() {
+            if notify_tx.send(message.into()).await.is_err() {
                 break;
             }
         }
@@ -50,7 +50,7 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::i
             continue;
         }
         let reply = match parse_json(line.as_bytes()) {
-            Err(e) => Some(error_response(None, &e)),
+            Err(e) => Some(error_response(None, &e).into()),
             Ok(value) => with_project(project.clone(), handle(&server, &session, &mut listens, value)).await,
         };
         if let Some(reply) = reply
@@ -72,7 +72,7 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>) -> std::i
 /// The open `subscriptions/listen` subscriptions of this stdio client (2026-07-28),
 /// each a task writing its notifications to stdout, ended by `notifications/cancelled`.
 struct Listens {
-    out: mpsc::Sender<Value>,
+    out: mpsc::Sender<Answer>,
     tasks: Vec<(RequestId, tokio::task::JoinHandle<()>)>,
 }
 
@@ -88,37 +88,37 @@ impl Listens {
     }
 }
 
-async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listens, value: Value) -> Option<Value> {
+async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listens, value: Value) -> Option<Answer> {
     if let Value::Array(items) = value {
         let mut replies = Vec::new();
         for item in items {
             if let Some(r) = Box::pin(handle(server, session, listens, item)).await {
-                replies.push(r);
+                replies.push(r.into_value());
             }
         }
-        return (!replies.is_empty()).then_some(Value::Array(replies));
+        return (!replies.is_empty()).then_some(Value::Array(replies).into());
     }
     match Message::from_value(value) {
-        Err((id, e)) => Some(error_response(id.as_ref(), &e)),
+        Err((id, e)) => Some(error_response(id.as_ref(), &e).into()),
         Ok(Message::Request { id, method, params }) if stateless::is_stateless(params.as_ref()) => {
             // 2026-07-28 on stdio: the version travels in `_meta`, no handshake needed.
             if let Err(e) = stateless::check_version(params.as_ref()) {
-                return Some(error_response(Some(&id), &e));
+                return Some(error_response(Some(&id), &e).into());
             }
             if method != LISTEN {
                 return Some(match server.handle_stateless(&method, params).await {
                     Ok(r) => response(&id, r),
-                    Err(e) => error_response(Some(&id), &e),
+                    Err(e) => error_response(Some(&id), &e).into(),
                 });
             }
             match server.listen(&id, params.as_ref()).await {
-                Err(e) => Some(error_response(Some(&id), &e)),
+                Err(e) => Some(error_response(Some(&id), &e).into()),
                 Ok(mut listener) => {
                     let out = listens.out.clone();
                     let task = tokio::spawn(async move {
                         loop {
                             let message = listener.next().await;
-                            if out.send(message).await.is_err() {
+                            if out.send(message.into()).await.is_err() {
                                 return;
                             }
                         }
@@ -137,13 +137,13 @@ async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listen
         }
         Ok(Message::Request { id, method, params }) => {
             let result = if method == "initialize" {
-                McpServer::initialize(params.as_ref()).map(|(result, _)| result)
+                McpServer::initialize(params.as_ref()).map(|(result, _)| result.into())
             } else {
                 server.handle(Some(session), &method, params).await
             };
             Some(match result {
                 Ok(r) => response(&id, r),
-                Err(e) => error_response(Some(&id), &e),
+                Err(e) => error_response(Some(&id), &e).into(),
             })
         }
         Ok(Message::Notification { .. } | Message::Response { .. }) => None,
