@@ -349,8 +349,9 @@ impl Relay {
                 }
                 return Ok(());
             }
-            let text = resp.text().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
-            match serde_json::from_str::<Value>(&text) {
+            // Bytes, not `text()`: JSON is UTF-8, and text() would sniff and re-decode it.
+            let body = resp.bytes().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+            match serde_json::from_slice::<Value>(&body) {
                 Ok(mut value) if status.is_success() => {
                     self.observe(&value, is_initialize);
                     if lists_tools {
@@ -372,7 +373,10 @@ impl Relay {
                     }
                     Ok(())
                 }
-                _ => Err(RelayError::Http { status: status.as_u16(), body: text.chars().take(300).collect() }),
+                _ => Err(RelayError::Http {
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+                }),
             }
         };
         // A listen stream lasts as long as the daemon keeps it open: no timeout.

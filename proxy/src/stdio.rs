@@ -9,12 +9,36 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::os::fd::AsFd;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::upstream::Upstream;
+
+/// stdin as an async reader. When it is a pipe (as MCP clients start servers) it is read
+/// through the reactor like a socket; tokio's own `stdin()` reads on a blocking thread,
+/// and that hand-off per line (plus one per written answer) was most of the latency the
+/// proxy added. Anything else (a terminal, a file) falls back to `tokio::io::stdin()`.
+fn stdin() -> Box<dyn AsyncRead + Unpin + Send> {
+    let pipe = std::io::stdin().as_fd().try_clone_to_owned().and_then(pipe::Receiver::from_owned_fd);
+    match pipe {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdin()),
+    }
+}
+
+/// stdout as an async writer, a pipe through the reactor as for [`stdin`].
+fn stdout() -> Box<dyn AsyncWrite + Unpin + Send> {
+    let pipe = std::io::stdout().as_fd().try_clone_to_owned().and_then(pipe::Sender::from_owned_fd);
+    match pipe {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdout()),
+    }
+}
 
 /// How long queued answers may take to reach stdout at exit.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +51,7 @@ pub async fn run<R: Into<Upstream>>(
 ) -> std::io::Result<()> {
     let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
     let writer = tokio::spawn(async move {
-        let mut stdout = tokio::io::stdout();
+        let mut stdout = stdout();
         while let Some(mut line) = out_rx.recv().await {
             line.push('\n');
             stdout.write_all(line.as_bytes()).await?;
@@ -40,7 +64,7 @@ pub async fn run<R: Into<Upstream>>(
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = BufReader::new(stdin()).lines();
     let mut in_flight = JoinSet::new();
     loop {
         let line = tokio::select! {

@@ -341,18 +341,22 @@ fn subgraph(conn: &Connection, names: &str) -> Result<KnowledgeGraph, GraphError
           WHERE name IN (SELECT value FROM json_each(?1)) ORDER BY rowid",
     )?;
     let entities = collect_entities(ents.query([names])?)?;
+    // From here on only the names that exist matter (relations count only when an
+    // endpoint is an entity of the answer), and those were just read.
+    let found = serde_json::to_string(&entities.iter().map(|e| e.name.as_str()).collect::<Vec<_>>())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
     let mut obs = conn.prepare_cached(
         "SELECT entity_name, content FROM observations
           WHERE entity_name IN (SELECT value FROM json_each(?1)) ORDER BY id",
     )?;
-    let entities = attach_observations(entities, obs.query([names])?)?;
+    let entities = attach_observations(entities, obs.query([&found])?)?;
     let mut rels = conn.prepare_cached(
         "SELECT from_entity, to_entity, relation_type FROM relations
-          WHERE from_entity IN (SELECT name FROM entities WHERE name IN (SELECT value FROM json_each(?1)))
-             OR to_entity IN (SELECT name FROM entities WHERE name IN (SELECT value FROM json_each(?1)))
+          WHERE from_entity IN (SELECT value FROM json_each(?1))
+             OR to_entity IN (SELECT value FROM json_each(?1))
           ORDER BY id",
     )?;
-    let relations = collect_relations(rels.query([names])?)?;
+    let relations = collect_relations(rels.query([&found])?)?;
     Ok(KnowledgeGraph { entities, relations })
 }
 

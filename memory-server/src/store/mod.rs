@@ -390,14 +390,14 @@ impl Store {
     /// Runs `f` on a pooled reader inside one read transaction, so the statements of
     /// one tool call see one snapshot.
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, GraphError>) -> Result<T, StoreError> {
-        let mut conn = self.readers.get().map_err(|source| StoreError::Pool { path: self.path.clone(), source })?;
+        let conn = self.readers.get().map_err(|source| StoreError::Pool { path: self.path.clone(), source })?;
         let sqlite = |source| StoreError::Sqlite { path: self.path.clone(), source };
-        let tx = conn.transaction().map_err(sqlite)?;
-        let value = f(&tx).map_err(|e| match e {
+        let tx = ReadTransaction::begin(&conn).map_err(sqlite)?;
+        let value = f(&conn).map_err(|e| match e {
             GraphError::Sqlite(source) => StoreError::Sqlite { path: self.path.clone(), source },
             e => StoreError::Graph(e),
         })?;
-        tx.finish().map_err(sqlite)?;
+        tx.end().map_err(sqlite)?;
         Ok(value)
     }
 
@@ -451,6 +451,36 @@ impl Store {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
             tracing::warn!(db = %self.path.display(), error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+/// A read transaction with its `BEGIN` and `COMMIT` taken from the statement cache
+/// (rusqlite's `Transaction` parses them anew every time, a visible cost on small
+/// reads). Ended by [`ReadTransaction::end`]; dropped otherwise (an error, a panic), it
+/// rolls back, so no pooled connection keeps an old snapshot pinned.
+struct ReadTransaction<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> ReadTransaction<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Self> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(ReadTransaction { conn, open: true })
+    }
+
+    fn end(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for ReadTransaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
 }

@@ -281,6 +281,10 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// Results from this size on are sent from where they lie rather than copied into one
+/// buffer; below it one buffer (one write) is cheaper.
+const SHARED_BODY_MIN: usize = 64 * 1024;
+
 /// How a POST's answer is framed: JSON unless the client only accepts an event stream.
 #[derive(Clone, Copy)]
 pub(super) enum ReplyFormat {
@@ -293,7 +297,7 @@ impl ReplyFormat {
         match (self, body) {
             // A large result (maybe a cached graph shared with other requests) is sent
             // from where it lies, between the envelope's head and its closing brace.
-            (ReplyFormat::Json, Answer::Response { id, result }) => {
+            (ReplyFormat::Json, Answer::Response { id, result }) if result.as_bytes().len() >= SHARED_BODY_MIN => {
                 let parts = [Bytes::from(Answer::response_head(id)), result.to_bytes(), Bytes::from_static(b"}")];
                 let length = parts.iter().map(Bytes::len).sum::<usize>();
                 let body = Body::from_stream(stream::iter(parts.map(Ok::<_, Infallible>)));
