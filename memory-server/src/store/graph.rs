@@ -274,6 +274,35 @@ impl TrigramCounts {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// The plan for trigrams with their counts (sorted here, rarest first).
+    fn choose<'a>(&self, counted: &'a mut [(i64, String)]) -> Plan<'a> {
+        counted.sort_by_key(|(hits, _)| *hits);
+        match &*counted {
+            [(rarest, trigram), ..] if *rarest < self.few => Plan::Rarest(trigram),
+            [(_, first), (second_hits, second), ..] if *second_hits < self.many => Plan::Pair(first, second),
+            [(rarest, trigram), ..] if *rarest < self.many => Plan::Rarest(trigram),
+            _ => Plan::Phrase,
+        }
+    }
+
+    /// Whether a search for `query` is known to be cheap without touching the database:
+    /// the counts of its trigrams in both indexes are remembered and plan it with a
+    /// trigram or a pair below the counting limit, so it reads at most a few thousand
+    /// index entries and its answer holds at most as many candidates.
+    pub fn search_is_cheap(&self, query: &str) -> bool {
+        let needle = query.to_lowercase();
+        if needle.contains('\0') {
+            return false;
+        }
+        let Some(picked) = probed_trigrams(&needle) else { return false };
+        let remembered = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        [Index::Entities, Index::Observations].into_iter().all(|index| {
+            let counted: Option<Vec<(i64, String)>> =
+                picked.iter().map(|t| remembered.get(&(index, t.clone())).map(|&n| (n, t.clone()))).collect();
+            counted.is_some_and(|mut counted| !matches!(self.choose(&mut counted), Plan::Phrase))
+        })
+    }
+
     fn count(&self, conn: &Connection, index: Index, trigram: &str) -> Result<i64, GraphError> {
         let key = (index, trigram.to_owned());
         if let Some(&n) = self.counts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
@@ -311,26 +340,48 @@ fn selective_phrase(
     needle: &str,
     phrase: &str,
 ) -> Result<String, GraphError> {
+    let Some(picked) = probed_trigrams(needle) else {
+        return Ok(phrase.to_owned()); // one or two trigrams: nothing to choose
+    };
+    let mut counted = Vec::with_capacity(picked.len());
+    for trigram in picked {
+        counted.push((counts.count(conn, index, &trigram)?, trigram));
+    }
+    Ok(match counts.choose(&mut counted) {
+        Plan::Rarest(trigram) => trigram.to_owned(),
+        Plan::Pair(first, second) => format!("{first} AND {second}"),
+        Plan::Phrase => phrase.to_owned(),
+    })
+}
+
+/// The quoted trigrams of `needle` (lower-cased) that plans are chosen from, at most
+/// [`MAX_PROBES`] spread over it; `None` when it has fewer than three.
+fn probed_trigrams(needle: &str) -> Option<Vec<String>> {
     let chars: Vec<char> = needle.chars().collect();
     if chars.len() <= TRIGRAM + 1 {
-        return Ok(phrase.to_owned()); // one or two trigrams: nothing to choose
+        return None;
     }
     let windows: Vec<&[char]> = chars.windows(TRIGRAM).collect();
-    let mut counted = Vec::with_capacity(MAX_PROBES);
-    for i in 0..windows.len().min(MAX_PROBES) {
-        let at = if windows.len() <= MAX_PROBES { i } else { i * (windows.len() - 1) / (MAX_PROBES - 1) };
-        let trigram: String = windows[at].iter().collect();
-        let quoted = format!("\"{}\"", trigram.replace('"', "\"\""));
-        let hits = counts.count(conn, index, &quoted)?;
-        counted.push((hits, quoted));
-    }
-    counted.sort_by_key(|(hits, _)| *hits);
-    Ok(match counted.as_slice() {
-        [(rarest, trigram), ..] if *rarest < counts.few => trigram.clone(),
-        [(_, first), (second_hits, second), ..] if *second_hits < counts.many => format!("{first} AND {second}"),
-        [(rarest, trigram), ..] if *rarest < counts.many => trigram.clone(),
-        _ => phrase.to_owned(),
-    })
+    let n = windows.len().min(MAX_PROBES);
+    Some(
+        (0..n)
+            .map(|i| if windows.len() <= MAX_PROBES { i } else { i * (windows.len() - 1) / (MAX_PROBES - 1) })
+            .map(|at| {
+                let trigram: String = windows[at].iter().collect();
+                format!("\"{}\"", trigram.replace('"', "\"\""))
+            })
+            .collect(),
+    )
+}
+
+/// What one index is asked (see [`selective_phrase`]).
+enum Plan<'a> {
+    /// A rare trigram alone, or the rarest when it alone is below the counting limit.
+    Rarest(&'a str),
+    /// The two rarest, both below the counting limit.
+    Pair(&'a str, &'a str),
+    /// The whole needle: every trigram is common.
+    Phrase,
 }
 
 /// Entities named in the JSON array `names`, their observations, and the relations with

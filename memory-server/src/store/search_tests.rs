@@ -211,6 +211,34 @@ const ALPHABET: &[char] = &[
 /// U+FFFE and U+FFFF as U+FFFD), mixed in rarely.
 const ODD: &[char] = &['\0', '\u{FFFD}', '\u{FFFE}', '\u{FFFF}'];
 
+/// A search the daemon runs on its async worker (its plan known to be cheap) must not
+/// repair the index there: the repair is a write, and a write waits for its commit.
+/// With stale rows it falls back to the blocking path, repairs, and finds them.
+#[test]
+fn a_quick_search_over_stale_rows_repairs_them_off_the_async_worker() {
+    let (_dir, store) = open_store();
+    let store = std::sync::Arc::new(store);
+    let names: Vec<String> = (0..50).map(|i| format!("common-{i}")).collect();
+    let entities: Vec<Entity> = names.iter().map(|n| entity(n, "t", &["x"])).collect();
+    store.write(move |c| graph::create_entities(c, &entities)).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let search = |q: &str| {
+        let call = crate::tools::ToolCall::SearchNodes(q.into());
+        runtime.block_on(crate::tools::run(call, store.clone())).unwrap().into_value()
+    };
+    // The first search counts the trigrams of "MÜLLER-X"; afterwards it plans cheaply.
+    assert_eq!(search("müller-x")["structuredContent"]["entities"], serde_json::json!([]));
+    assert!(store.trigram_counts().search_is_cheap("müller-x"));
+    Connection::open(store.path())
+        .unwrap()
+        .execute_batch("INSERT INTO entities (name, entity_type) VALUES ('MÜLLER-X', 'PERSON');")
+        .unwrap();
+    assert!(store.read(graph::search_index_is_stale).unwrap());
+    let found = search("müller-x");
+    assert_eq!(found["structuredContent"]["entities"][0]["name"], "MÜLLER-X", "{found}");
+    assert!(!store.read(graph::search_index_is_stale).unwrap());
+}
+
 /// Rows another program writes (the Node server, the sqlite3 shell: SQLite's ASCII-only
 /// built-in `lower()`) are re-indexed before the next search, so non-ASCII capitals in
 /// them are still found by their lower-case spelling.

@@ -112,10 +112,19 @@ impl ToolCall {
                 Answer::Raw(RawJson::trusted(bytes))
             }
             ToolCall::SearchNodes(q) => {
-                if store.read(graph::search_index_is_stale)? {
-                    store.write(graph::repair_search_index)?;
-                }
-                graph_result(&store.read(move |c| graph::search_nodes_planned(c, &q, store.trigram_counts()))?)?
+                let search = |c: &rusqlite::Connection| graph::search_nodes_planned(c, &q, store.trigram_counts());
+                // The staleness check shares the search's read transaction; rows another
+                // program wrote are re-indexed first, then the search runs again.
+                let found =
+                    store.read(|c| if graph::search_index_is_stale(c)? { Ok(None) } else { search(c).map(Some) })?;
+                let found = match found {
+                    Some(found) => found,
+                    None => {
+                        store.write(graph::repair_search_index)?;
+                        store.read(search)?
+                    }
+                };
+                graph_result(&found)?
             }
             ToolCall::OpenNodes(n) => graph_result(&store.read(move |c| graph::open_nodes(c, &n))?)?,
             write => return Err(ToolError::NotARead(write.name())),
@@ -152,10 +161,33 @@ impl ToolCall {
         })
     }
 
-    /// A read whose cost is small and bounded by its arguments: `open_nodes` of a few
-    /// names (three indexed statements, a handful of rows per name).
-    fn is_quick_read(&self) -> bool {
-        matches!(self, ToolCall::OpenNodes(names) if names.len() <= QUICK_OPEN_NAMES)
+    /// Runs a read whose cost is small and bounded right here, on the async worker:
+    /// `open_nodes` of a few names (three indexed statements, a handful of rows per
+    /// name), or a search whose plan is known to be selective (see
+    /// `TrigramCounts::search_is_cheap`). `None`: not such a read, or the search index
+    /// needs repairing first (a write, which must not wait on this thread); run it as
+    /// any other read.
+    fn run_quick(&self, store: &Store) -> Option<Answer> {
+        let found = match self {
+            ToolCall::OpenNodes(names) if names.len() <= QUICK_OPEN_NAMES => {
+                store.read(|c| graph::open_nodes(c, names)).map(Some)
+            }
+            ToolCall::SearchNodes(query) if store.trigram_counts().search_is_cheap(query) => store.read(|c| {
+                if graph::search_index_is_stale(c)? {
+                    return Ok(None);
+                }
+                graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
+            }),
+            _ => return None,
+        };
+        let answer = found.map_err(ToolError::from).and_then(|graph| match graph {
+            Some(graph) => Ok(Some(graph_result(&graph)?)),
+            None => Ok(None),
+        });
+        match answer {
+            Ok(answer) => answer,
+            Err(e) => Some(outcome(Err(e))),
+        }
     }
 
     fn is_read(&self) -> bool {
@@ -209,10 +241,10 @@ pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> 
     if !call.is_read() {
         return Ok(outcome(call.write(&store, cancel).await));
     }
-    if call.is_quick_read() {
-        // Handing a ~50 µs read to another thread and back costs as much again in
-        // wake-ups (profiled: five context switches per request); bounded reads run here.
-        return Ok(call.run(&store));
+    // Handing a ~50 µs read to another thread and back costs as much again in wake-ups
+    // (profiled: five context switches per request); bounded reads run here.
+    if let Some(answer) = call.run_quick(&store) {
+        return Ok(answer);
     }
     tokio::task::spawn_blocking(move || crate::store::with_cancel(cancel, || call.run(&store)))
         .await
