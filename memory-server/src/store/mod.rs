@@ -1,7 +1,8 @@
-//! One SQLite memory database: a single writer connection behind a mutex (writes are
-//! serialised in-process so only one connection per process ever waits on SQLite's
-//! lock) and an r2d2 pool of readers. All methods block; callers run them on
-//! `spawn_blocking` threads.
+//! One SQLite memory database: a single writer connection fed by a group-commit queue
+//! (`commit`; only one connection per process ever waits on SQLite's lock), an r2d2
+//! pool of readers, cached whole-graph answers and a background checkpoint thread.
+//! Methods block, except `write_async`; async callers run the rest on blocking threads
+//! unless a read is known to be small.
 
 mod commit;
 pub mod graph;

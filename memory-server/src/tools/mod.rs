@@ -47,14 +47,31 @@ pub fn resource_list() -> Value {
 /// The `resources/read` result for the graph resource, built once per committed state
 /// (see [`Store::read_cached`]). Blocks: call it from a blocking thread.
 pub fn read_resource(store: &Store) -> Result<Answer, RpcError> {
-    let bytes = store
-        .read_cached("resources/read", |c| {
-            let answer =
-                encode::resource_contents(GRAPH_RESOURCE_URI, &graph::read_graph(c)?).map_err(encode_failure)?;
-            Ok(answer.into_raw_bytes())
-        })
-        .map_err(|e| RpcError::internal(e.to_string()))?;
+    cached_graph_answer(store, "resources/read", |g| encode::resource_contents(GRAPH_RESOURCE_URI, g))
+        .map_err(|e| RpcError::internal(e.to_string()))
+}
+
+/// `encode` of the whole graph, built once per committed state under `key` (see
+/// [`Store::read_cached`]).
+fn cached_graph_answer(
+    store: &Store,
+    key: &'static str,
+    encode: impl FnOnce(&KnowledgeGraph) -> serde_json::Result<Answer>,
+) -> Result<Answer, StoreError> {
+    let bytes =
+        store.read_cached(key, |c| Ok(encode(&graph::read_graph(c)?).map_err(encode_failure)?.into_raw_bytes()))?;
     Ok(Answer::Raw(RawJson::trusted(bytes)))
+}
+
+/// The search's graph, or `None` when rows another program wrote must be re-indexed
+/// first (a write). The staleness check shares the search's read transaction.
+fn search_if_indexed(store: &Store, query: &str) -> Result<Option<KnowledgeGraph>, StoreError> {
+    store.read(|c| {
+        if graph::search_index_is_stale(c)? {
+            return Ok(None);
+        }
+        graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
+    })
 }
 
 /// An answer that cannot be encoded (serde_json writing our own types into memory
@@ -104,24 +121,13 @@ impl ToolCall {
 
     fn read(self, store: &Store) -> Result<Answer, ToolError> {
         Ok(match self {
-            ToolCall::ReadGraph => {
-                let bytes = store.read_cached("read_graph", |c| {
-                    let answer = graph_result(&graph::read_graph(c)?).map_err(encode_failure)?;
-                    Ok(answer.into_raw_bytes())
-                })?;
-                Answer::Raw(RawJson::trusted(bytes))
-            }
+            ToolCall::ReadGraph => cached_graph_answer(store, "read_graph", graph_result)?,
             ToolCall::SearchNodes(q) => {
-                let search = |c: &rusqlite::Connection| graph::search_nodes_planned(c, &q, store.trigram_counts());
-                // The staleness check shares the search's read transaction; rows another
-                // program wrote are re-indexed first, then the search runs again.
-                let found =
-                    store.read(|c| if graph::search_index_is_stale(c)? { Ok(None) } else { search(c).map(Some) })?;
-                let found = match found {
+                let found = match search_if_indexed(store, &q)? {
                     Some(found) => found,
                     None => {
                         store.write(graph::repair_search_index)?;
-                        store.read(search)?
+                        store.read(|c| graph::search_nodes_planned(c, &q, store.trigram_counts()))?
                     }
                 };
                 graph_result(&found)?
@@ -172,21 +178,15 @@ impl ToolCall {
             ToolCall::OpenNodes(names) if names.len() <= QUICK_OPEN_NAMES => {
                 store.read(|c| graph::open_nodes(c, names)).map(Some)
             }
-            ToolCall::SearchNodes(query) if store.trigram_counts().search_is_cheap(query) => store.read(|c| {
-                if graph::search_index_is_stale(c)? {
-                    return Ok(None);
-                }
-                graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
-            }),
+            ToolCall::SearchNodes(query) if store.trigram_counts().search_is_cheap(query) => {
+                search_if_indexed(store, query)
+            }
             _ => return None,
         };
-        let answer = found.map_err(ToolError::from).and_then(|graph| match graph {
-            Some(graph) => Ok(Some(graph_result(&graph)?)),
-            None => Ok(None),
-        });
-        match answer {
-            Ok(answer) => answer,
-            Err(e) => Some(outcome(Err(e))),
+        match found {
+            Ok(None) => None,
+            Ok(Some(graph)) => Some(outcome(graph_result(&graph).map_err(ToolError::from))),
+            Err(e) => Some(outcome(Err(e.into()))),
         }
     }
 

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::dispatch::McpServer;
-use crate::protocol::{Answer, Message, RequestId, error_response, parse_json, response};
+use crate::protocol::{Answer, Message, RawJson, RequestId, error_response, parse_json, response};
 use crate::routing::{ProjectPath, with_project};
 use crate::session::{Session, SessionRegistry};
 use crate::stateless::{self, LISTEN};
@@ -93,10 +93,11 @@ async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listen
         let mut replies = Vec::new();
         for item in items {
             if let Some(r) = Box::pin(handle(server, session, listens, item)).await {
-                replies.push(r.into_value());
+                replies.push(r);
             }
         }
-        return (!replies.is_empty()).then_some(Value::Array(replies).into());
+        // Written as one array without parsing raw results back into values.
+        return (!replies.is_empty()).then(|| Answer::Raw(RawJson::trusted(Answer::batch_to_vec(&replies))));
     }
     match Message::from_value(value) {
         Err((id, e)) => Some(error_response(id.as_ref(), &e).into()),
