@@ -79,6 +79,20 @@ fn stdio_answers_equal_the_official_server() {
         assert_same_result(step, call, &reply["result"]);
     }
 
+    // A batch gets one array: a tool result (written as raw JSON), a ping, no entry for
+    // the notification.
+    let batch = rpc(json!([
+        {"jsonrpc":"2.0","id":"b1","method":"tools/call","params":{"name":"open_nodes","arguments":{"names":[]}}},
+        {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},
+        {"jsonrpc":"2.0","id":"b2","method":"ping"},
+    ])
+    .to_string());
+    let replies = batch.as_array().unwrap_or_else(|| panic!("a batch answer is an array: {batch}"));
+    assert_eq!(replies.len(), 2, "{batch}");
+    assert_eq!(replies[0]["id"], "b1");
+    assert_eq!(replies[0]["result"]["structuredContent"], json!({"entities": [], "relations": []}));
+    assert_eq!(replies[1], json!({"jsonrpc":"2.0","id":"b2","result":{}}));
+
     // An unparseable line gets a parse error with id null, and the server goes on.
     let bad = rpc("{not json".to_owned());
     assert_eq!(bad["error"]["code"], -32700);
