@@ -168,7 +168,8 @@ pub fn render(info: &Info, s: &Settings, lines: &[Value]) -> (String, String) {
          batches. Each figure: C clients each sending one request at a time for {} ms after {} ms of \
          warm-up; {} round(s), the systems' order rotating per round; shown as median (min–max) over \
          rounds. `search_nodes` hits 10 entities per query. Writes create one new entity or one new \
-         observation per call (our search index is kept current by triggers). Client and servers share \
+         observation per call (our search index takes the written rows in batches: before any search \
+         reads it and every 32 write batches, and that indexing runs inside the measured time). Client and servers share \
          the machine's {} cores.\n",
         s.n_main,
         s.n_main,

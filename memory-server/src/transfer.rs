@@ -141,8 +141,9 @@ pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError>
     })
 }
 
-/// Row by row, the search index's insert triggers make a large import several times
-/// slower than indexing the new rows in one statement at the end. So, inside the
+/// Noting every imported row for re-indexing (what the insert triggers do) and then
+/// re-indexing through that list is slower than indexing the new rows in one statement
+/// at the end. So, inside the
 /// import's transaction (other writers wait; a failure rolls the DDL back too), the
 /// insert triggers are dropped, the rows added after the import's starting point are
 /// indexed in bulk, and the triggers are recreated from their own stored SQL.

@@ -187,15 +187,16 @@ pub fn search_nodes_planned(
     subgraph(conn, &names)
 }
 
-/// Whether rows written by another program wait to be re-indexed (see
-/// `migrations/0003_search_index_repair.sql`). One indexed lookup.
+/// Whether written rows wait to be (re-)indexed for search: every write only notes the
+/// rows it changed (see `migrations/0004_deferred_search_index.sql`). One indexed lookup.
 pub fn search_index_is_stale(conn: &Connection) -> Result<bool, GraphError> {
     let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM search_stale)")?;
     Ok(stmt.query_row([], |r| r.get(0))?)
 }
 
-/// Re-indexes the rows another program wrote, with our JavaScript-compatible `lower()`.
-/// Run in a write transaction.
+/// Brings the search index up to date: re-indexes every noted row (ours and those other
+/// programs wrote) with our JavaScript-compatible `lower()`, and drops the rows that
+/// were deleted. One FTS5 segment for the lot. Run in a write transaction.
 pub fn repair_search_index(conn: &Connection) -> Result<(), GraphError> {
     conn.execute_batch(
         "DELETE FROM entity_fts WHERE rowid IN (SELECT id FROM search_stale WHERE kind = 'entity');

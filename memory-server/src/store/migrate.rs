@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_search_index_repair.sql",
         sql: include_str!("../../../migrations/0003_search_index_repair.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_deferred_search_index.sql",
+        sql: include_str!("../../../migrations/0004_deferred_search_index.sql"),
+    },
 ];
 
 pub fn latest_version() -> u32 {

@@ -120,7 +120,15 @@ pub struct Store {
     trigram_counts: graph::TrigramCounts,
     /// Committed batches since the trigram counts were last forgotten.
     batches_since_recount: std::sync::atomic::AtomicU32,
+    /// Committed batches since the search index was last brought up to date.
+    batches_since_index: std::sync::atomic::AtomicU32,
 }
+
+/// Committed write batches after which the combiner queues a search-index update of its
+/// own, so the rows waiting for the next search stay few (a search updates the index
+/// first when any wait): at one write per batch, about 0.3 ms of indexing every 32
+/// writes instead of about 70 µs in each.
+const BATCHES_PER_INDEX_UPDATE: u32 = 32;
 
 /// Committed write batches after which remembered trigram counts are forgotten, so
 /// search plans follow a graph that grows or changes.
@@ -154,6 +162,14 @@ fn checkpointer(path: &Path) -> rusqlite::Result<std::sync::mpsc::SyncSender<()>
         tracing::warn!(db = %path.display(), error = %e, "cannot start the checkpoint thread");
     }
     Ok(due)
+}
+
+/// The combiner's own search-index update: skips the write when nothing waits.
+fn update_search_index(conn: &Connection) -> Result<(), GraphError> {
+    if graph::search_index_is_stale(conn)? {
+        graph::repair_search_index(conn)?;
+    }
+    Ok(())
 }
 
 /// How often a store with subscribers looks for commits made by other processes.
@@ -215,6 +231,7 @@ impl Store {
             batches: std::sync::atomic::AtomicU32::new(0),
             trigram_counts: graph::TrigramCounts::default(),
             batches_since_recount: std::sync::atomic::AtomicU32::new(0),
+            batches_since_index: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -300,6 +317,13 @@ impl Store {
                     // Full means a wake-up is pending already.
                     let _ = self.checkpoint_due.try_send(());
                 }
+                if self.batches_since_index.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_INDEX_UPDATE {
+                    self.batches_since_index.store(0, Ordering::Relaxed);
+                    // Nobody waits for it: the writers of this batch have their answers,
+                    // and this combiner runs it with whatever is queued next.
+                    let (job, _unheard) = commit::Job::new(Box::new(update_search_index), None);
+                    commit::Queue::push(&self.queue, job);
+                }
                 if self.batches_since_recount.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_RECOUNT {
                     self.batches_since_recount.store(0, Ordering::Relaxed);
                     self.trigram_counts.forget();
@@ -331,6 +355,13 @@ impl Store {
             }
             Ok(Err(commit::Failure::Graph(e))) => Err(StoreError::Graph(e)),
         }
+    }
+
+    /// Indexes for search the rows written since the index was last brought up to date
+    /// (a write; nothing when none wait). Searches call this first when
+    /// [`graph::search_index_is_stale`] says rows wait.
+    pub fn update_search_index(&self) -> Result<(), StoreError> {
+        self.write(update_search_index)
     }
 
     /// Hands the writer connection to `f` (for work that manages its own transaction,
@@ -525,7 +556,7 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
 
 /// Overrides SQL `lower()` with Unicode lower-casing as JavaScript's `toLowerCase` does
 /// it (Rust's `str::to_lowercase` follows the same Unicode rules, final sigma included);
-/// the built-in one folds ASCII only. The search index triggers call it.
+/// the built-in one folds ASCII only. Indexing rows for search calls it.
 fn register_js_lower(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function(
         "lower",

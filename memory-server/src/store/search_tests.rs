@@ -56,7 +56,9 @@ fn relation(from: &str, to: &str, ty: &str) -> Relation {
     Relation { from: from.into(), to: to.into(), relation_type: ty.into() }
 }
 
+/// Searches as the tools do: the rows written since the last update are indexed first.
 fn search(store: &Store, q: &str) -> KnowledgeGraph {
+    store.update_search_index().unwrap();
     store.read(|c| graph::search_nodes(c, q)).unwrap()
 }
 
@@ -237,6 +239,37 @@ fn a_quick_search_over_stale_rows_repairs_them_off_the_async_worker() {
     let found = search("müller-x");
     assert_eq!(found["structuredContent"]["entities"][0]["name"], "MÜLLER-X", "{found}");
     assert!(!store.read(graph::search_index_is_stale).unwrap());
+}
+
+/// A write only notes its rows for the search index; the combiner indexes them on its
+/// own every `BATCHES_PER_INDEX_UPDATE` batches, so few ever wait for a search. The
+/// notes commit with the rows, so rows written before a crash or restart are still
+/// indexed before the next search.
+#[test]
+fn written_rows_are_indexed_in_batches_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.db");
+    let store = Store::open(&path).unwrap();
+    for i in 0..super::BATCHES_PER_INDEX_UPDATE - 1 {
+        let e = [entity(&format!("batch-{i}"), "t", &["noted"])];
+        store.write(move |c| graph::create_entities(c, &e)).unwrap();
+    }
+    assert!(store.read(graph::search_index_is_stale).unwrap(), "noted, not indexed yet");
+    let e = [entity("batch-last", "t", &["noted"])];
+    store.write(move |c| graph::create_entities(c, &e)).unwrap();
+    assert!(!store.read(graph::search_index_is_stale).unwrap(), "indexed by the combiner");
+    let indexed = store.read(|c| graph::search_nodes(c, "batch-")).unwrap().entities.len();
+    assert_eq!(indexed, super::BATCHES_PER_INDEX_UPDATE as usize);
+
+    let e = [entity("after-restart", "t", &["noted before the restart"])];
+    store.write(move |c| graph::create_entities(c, &e)).unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert!(store.read(graph::search_index_is_stale).unwrap());
+    let call = crate::tools::ToolCall::SearchNodes("before the RESTART".into());
+    let found = call.run(&store).into_value();
+    assert_eq!(found["structuredContent"]["entities"][0]["name"], "after-restart", "{found}");
+    assert_search_matches_scan(&store, "noted");
 }
 
 /// Rows another program writes (the Node server, the sqlite3 shell: SQLite's ASCII-only
@@ -465,14 +498,21 @@ proptest! {
         for op in before {
             apply(&store, op, &pool, &ghosts);
         }
+        store.update_search_index().unwrap();
         let early = store.read(graph::read_graph).unwrap();
         for q in &queries {
             let q = resolve_query(q, &early);
             store.read(|c| graph::search_nodes_planned(c, &q, &counts)).unwrap();
         }
-        for op in after {
+        // An update in the middle of the second half, so that the last one re-indexes
+        // rows that were indexed before, as well as new and deleted ones.
+        for (i, op) in after.iter().enumerate() {
             apply(&store, op, &pool, &ghosts);
+            if i == after.len() / 2 {
+                store.update_search_index().unwrap();
+            }
         }
+        store.update_search_index().unwrap();
         let all = store.read(graph::read_graph).unwrap();
         for q in &queries {
             let q = resolve_query(q, &all);
@@ -545,6 +585,7 @@ fn counting_graph(n: usize) -> (tempfile::TempDir, Store) {
             graph::create_relations(c, &relations)
         })
         .unwrap();
+    store.update_search_index().unwrap();
     (dir, store)
 }
 

@@ -63,8 +63,8 @@ fn cached_graph_answer(
     Ok(Answer::Raw(RawJson::trusted(bytes)))
 }
 
-/// The search's graph, or `None` when rows another program wrote must be re-indexed
-/// first (a write). The staleness check shares the search's read transaction.
+/// The search's graph, or `None` when written rows wait to be indexed first (a write;
+/// see `Store::update_search_index`). The check shares the search's read transaction.
 fn search_if_indexed(store: &Store, query: &str) -> Result<Option<KnowledgeGraph>, StoreError> {
     store.read(|c| {
         if graph::search_index_is_stale(c)? {
@@ -126,7 +126,7 @@ impl ToolCall {
                 let found = match search_if_indexed(store, &q)? {
                     Some(found) => found,
                     None => {
-                        store.write(graph::repair_search_index)?;
+                        store.update_search_index()?;
                         store.read(|c| graph::search_nodes_planned(c, &q, store.trigram_counts()))?
                     }
                 };
@@ -171,7 +171,7 @@ impl ToolCall {
     /// `open_nodes` of a few names (three indexed statements, a handful of rows per
     /// name), or a search whose plan is known to be selective (see
     /// `TrigramCounts::search_is_cheap`). `None`: not such a read, or the search index
-    /// needs repairing first (a write, which must not wait on this thread); run it as
+    /// needs updating first (a write, which must not wait on this thread); run it as
     /// any other read.
     fn run_quick(&self, store: &Store) -> Option<Answer> {
         let found = match self {
