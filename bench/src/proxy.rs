@@ -241,9 +241,12 @@ async fn calls(ctx: &Ctx, rec: &mut Rec, env: &Env, w: Which, round: usize, url:
             if a["result"]["isError"] == json!(true) {
                 return Err(format!("proxy call failed: {a}"));
             }
+            // Both timings end with the answer parsed, as `call` parses the proxy's line.
             let t = Instant::now();
             let b = load::post(&ctx.client, url, project, msg.to_string()).await?;
+            let parsed: Value = serde_json::from_slice(&b).map_err(|e| format!("direct answer: {e}"))?;
             direct.push(t.elapsed().as_nanos() as u64);
+            drop(parsed);
             load::answer_ok(&b)?;
         }
         let (rss, hwm) = sys::rss_kib(p.pid).unwrap_or((0, 0));

@@ -351,6 +351,16 @@ impl Relay {
             }
             // Bytes, not `text()`: JSON is UTF-8, and text() would sniff and re-decode it.
             let body = resp.bytes().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+            // The common case, an answer the relay has nothing to learn from, goes to the
+            // client as it came: checked, not parsed into a tree and printed again.
+            if status.is_success() && !is_initialize && !lists_tools {
+                if let Some(line) = one_line_json(&body) {
+                    if deliver {
+                        self.link.emit_line(line).await;
+                    }
+                    return Ok(());
+                }
+            }
             match serde_json::from_slice::<Value>(&body) {
                 Ok(mut value) if status.is_success() => {
                     self.observe(&value, is_initialize);
@@ -504,6 +514,17 @@ pub fn encode_project(path: &str) -> String {
     percent_encoding::utf8_percent_encode(path, KEEP).to_string()
 }
 
+/// `body` as one stdout line when it is a single JSON value written without line breaks
+/// (as every daemon we know writes its answers); `None` sends it the long way, parsed
+/// and printed again on one line.
+fn one_line_json(body: &[u8]) -> Option<String> {
+    if body.contains(&b'\n') || body.contains(&b'\r') {
+        return None;
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    String::from_utf8(body.to_vec()).ok()
+}
+
 /// An error with its causes, which is where reqwest says "connection refused".
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -519,6 +540,17 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_single_line_json_passes_through_unparsed() {
+        let compact = r#"{"jsonrpc":"2.0","id":1,"result":{"text":"a\nb \u00e9 é"}}"#.as_bytes();
+        assert_eq!(one_line_json(compact).as_deref(), std::str::from_utf8(compact).ok());
+        assert_eq!(one_line_json(b"{\n  \"id\": 1\n}"), None, "pretty-printed");
+        assert_eq!(one_line_json(b"{\"id\": 1}\r"), None);
+        assert_eq!(one_line_json(br#"{"id": 1"#), None, "truncated");
+        assert_eq!(one_line_json(br#"{"id": 1} {"id": 2}"#), None, "two values");
+        assert_eq!(one_line_json(b"{\"s\": \"\xff\"}"), None, "not UTF-8");
+    }
 
     #[test]
     fn project_paths_are_percent_encoded_only_where_needed() {

@@ -42,7 +42,12 @@ impl Link {
 
     /// Writes one message to the client as one line.
     pub async fn emit(&self, value: &Value) {
-        let _ = self.out.send(value.to_string()).await;
+        self.emit_line(value.to_string()).await;
+    }
+
+    /// Writes a line that is one JSON message already (see `relay::one_line_json`).
+    pub async fn emit_line(&self, line: String) {
+        let _ = self.out.send(line).await;
     }
 
     /// Logs a message that could not be relayed and, for a request, answers the client
