@@ -353,13 +353,15 @@ impl Relay {
             let body = resp.bytes().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
             // The common case, an answer the relay has nothing to learn from, goes to the
             // client as it came: checked, not parsed into a tree and printed again.
-            if status.is_success() && !is_initialize && !lists_tools {
-                if let Some(line) = one_line_json(&body) {
-                    if deliver {
-                        self.link.emit_line(line).await;
-                    }
-                    return Ok(());
+            if status.is_success()
+                && !is_initialize
+                && !lists_tools
+                && let Some(line) = one_line_json(&body)
+            {
+                if deliver {
+                    self.link.emit_line(line).await;
                 }
+                return Ok(());
             }
             match serde_json::from_slice::<Value>(&body) {
                 Ok(mut value) if status.is_success() => {
