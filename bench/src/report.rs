@@ -169,7 +169,8 @@ pub fn render(info: &Info, s: &Settings, lines: &[Value]) -> (String, String) {
          warm-up; {} round(s), the systems' order rotating per round; shown as median (min–max) over \
          rounds. `search_nodes` hits 10 entities per query. Writes create one new entity or one new \
          observation per call (our search index takes the written rows in batches: before any search \
-         reads it and every 32 write batches, and that indexing runs inside the measured time). Client and servers share \
+         reads it, every 32 write batches and once writes pause for 5 ms; under load that indexing runs \
+         inside the measured time). Client and servers share \
          the machine's {} cores.\n",
         s.n_main,
         s.n_main,

@@ -30,6 +30,9 @@ pub(super) struct Job {
     work: Work,
     cancel: Option<Arc<AtomicBool>>,
     done: Option<oneshot::Sender<Result<(), Failure>>>,
+    /// The work only brings derived data (the search index) up to date: a batch of such
+    /// jobs changes nothing a client can read, so nobody is told about it.
+    derived: bool,
 }
 
 /// The writes waiting for a batch, and whether a combiner is running (both under one
@@ -69,7 +72,13 @@ pub(super) enum Failure {
 impl Job {
     pub(super) fn new(work: Work, cancel: Option<Arc<AtomicBool>>) -> (Job, oneshot::Receiver<Result<(), Failure>>) {
         let (done, outcome) = oneshot::channel();
-        (Job { work, cancel, done: Some(done) }, outcome)
+        (Job { work, cancel, done: Some(done), derived: false }, outcome)
+    }
+
+    /// A job whose work only updates derived data (see the `derived` field).
+    pub(super) fn derived(work: Work) -> (Job, oneshot::Receiver<Result<(), Failure>>) {
+        let (job, outcome) = Job::new(work, None);
+        (Job { derived: true, ..job }, outcome)
     }
 
     fn cancelled(&self) -> bool {
@@ -106,7 +115,8 @@ impl Drop for ReleaseOnPanic<'_> {
 /// Runs `batch` on the writer connection and finishes every job in it. A job that fails
 /// (an unknown entity, an SQL error) or is cancelled before the commit is left out: the
 /// transaction is rolled back and the others run again without it, so one bad write
-/// never takes its neighbours down. Returns whether anything was committed.
+/// never takes its neighbours down. Returns whether a change that clients can read was
+/// committed (not when only derived jobs ran).
 pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> bool {
     let deadline = Instant::now() + WRITE_DEADLINE;
     let (cancelled, mut batch): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(Job::cancelled);
@@ -120,7 +130,7 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> bool {
         let before = conn.total_changes();
         match attempt(conn, &mut batch) {
             Attempt::Committed => {
-                let changed = conn.total_changes() != before;
+                let changed = conn.total_changes() != before && batch.iter().any(|job| !job.derived);
                 for job in batch {
                     job.finish(Ok(()));
                 }

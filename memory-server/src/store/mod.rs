@@ -122,6 +122,10 @@ pub struct Store {
     batches_since_recount: std::sync::atomic::AtomicU32,
     /// Committed batches since the search index was last brought up to date.
     batches_since_index: std::sync::atomic::AtomicU32,
+    /// Committed batches that changed the graph, ever: the idle index update watches it.
+    committed: std::sync::atomic::AtomicU64,
+    /// An idle index update is waiting for writes to pause (see [`Store::index_when_idle`]).
+    index_when_idle_pending: AtomicBool,
 }
 
 /// Committed write batches after which the combiner queues a search-index update of its
@@ -129,6 +133,12 @@ pub struct Store {
 /// first when any wait): at one write per batch, about 0.3 ms of indexing every 32
 /// writes instead of about 70 µs in each.
 const BATCHES_PER_INDEX_UPDATE: u32 = 32;
+
+/// How long writes must pause before the rows they wrote are indexed without waiting
+/// for a search. Far shorter than the gap between an agent's tool calls, so its next
+/// search finds the index current; far longer than the gap between writes under load,
+/// so those keep being indexed in batches.
+const INDEX_WHEN_IDLE_AFTER: Duration = Duration::from_millis(5);
 
 /// Committed write batches after which remembered trigram counts are forgotten, so
 /// search plans follow a graph that grows or changes.
@@ -232,6 +242,8 @@ impl Store {
             trigram_counts: graph::TrigramCounts::default(),
             batches_since_recount: std::sync::atomic::AtomicU32::new(0),
             batches_since_index: std::sync::atomic::AtomicU32::new(0),
+            committed: std::sync::atomic::AtomicU64::new(0),
+            index_when_idle_pending: AtomicBool::new(false),
         })
     }
 
@@ -277,7 +289,41 @@ impl Store {
             drop(tokio::task::spawn_blocking(move || store.combine()));
         }
         let outcome = outcome.await;
+        self.index_when_idle();
         self.write_outcome(outcome, &slot)
+    }
+
+    /// Once writes pause for [`INDEX_WHEN_IDLE_AFTER`], indexes the rows they wrote (a
+    /// derived write, skipped when nothing waits). One waiting task per store at most;
+    /// it holds the store weakly, so a store that is dropped is not kept open by it.
+    fn index_when_idle(self: &Arc<Self>) {
+        if self.index_when_idle_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(seen) = store.upgrade().map(|s| s.committed.load(Ordering::SeqCst)) else { return };
+                tokio::time::sleep(INDEX_WHEN_IDLE_AFTER).await;
+                let Some(s) = store.upgrade() else { return };
+                if s.committed.load(Ordering::SeqCst) != seen {
+                    continue; // still writing: the batches keep the rows waiting few
+                }
+                // Cleared before the update: a write committing from now on schedules
+                // the next one, and one that committed before is in this update.
+                s.index_when_idle_pending.store(false, Ordering::SeqCst);
+                let (job, outcome) = commit::Job::derived(Box::new(update_search_index));
+                if commit::Queue::push(&s.queue, job) {
+                    let combiner = s.clone();
+                    drop(tokio::task::spawn_blocking(move || combiner.combine()));
+                }
+                if let Ok(Err(_)) = outcome.await {
+                    // The next search updates the index itself (and reports the error).
+                    tracing::debug!(db = %s.path.display(), "idle search-index update did not commit");
+                }
+                return;
+            }
+        });
     }
 
     /// Wraps `f` as a job that leaves its value in the returned slot.
@@ -310,6 +356,7 @@ impl Store {
             let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             if commit::run_batch(&mut conn, batch) {
                 drop(conn);
+                self.committed.fetch_add(1, Ordering::SeqCst);
                 self.forget_cached();
                 let _ = self.changes.send(());
                 if self.batches.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_CHECKPOINT {
@@ -321,7 +368,7 @@ impl Store {
                     self.batches_since_index.store(0, Ordering::Relaxed);
                     // Nobody waits for it: the writers of this batch have their answers,
                     // and this combiner runs it with whatever is queued next.
-                    let (job, _unheard) = commit::Job::new(Box::new(update_search_index), None);
+                    let (job, _unheard) = commit::Job::derived(Box::new(update_search_index));
                     commit::Queue::push(&self.queue, job);
                 }
                 if self.batches_since_recount.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_RECOUNT {
@@ -358,10 +405,15 @@ impl Store {
     }
 
     /// Indexes for search the rows written since the index was last brought up to date
-    /// (a write; nothing when none wait). Searches call this first when
-    /// [`graph::search_index_is_stale`] says rows wait.
+    /// (a derived write: nothing when none wait, and no change notice). Searches call this
+    /// first when [`graph::search_index_is_stale`] says rows wait.
     pub fn update_search_index(&self) -> Result<(), StoreError> {
-        self.write(update_search_index)
+        let (job, outcome) = commit::Job::derived(Box::new(update_search_index));
+        if commit::Queue::push(&self.queue, job) {
+            self.combine();
+        }
+        // The job returns nothing: its slot holds the unit value from the start.
+        self.write_outcome(outcome.blocking_recv(), &Mutex::new(Some(())))
     }
 
     /// Hands the writer connection to `f` (for work that manages its own transaction,

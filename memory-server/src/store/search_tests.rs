@@ -272,6 +272,33 @@ fn written_rows_are_indexed_in_batches_and_survive_a_restart() {
     assert_search_matches_scan(&store, "noted");
 }
 
+/// Writes through the server's path are indexed once writes pause for a moment, so an
+/// agent's next search (seconds later) finds the index current instead of paying for
+/// it; that index-only commit changes nothing a client reads, so it is not announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_indexed_once_writes_pause_without_a_change_notice() {
+    let (_dir, store) = open_store();
+    let store = std::sync::Arc::new(store);
+    let mut changes = store.subscribe_changes();
+    let e = [entity("idle", "t", &["indexed while nobody writes"])];
+    store.write_async(None, move |c| graph::create_entities(c, &e)).await.unwrap();
+    let bound = std::time::Duration::from_secs(30);
+    tokio::time::timeout(bound, changes.recv()).await.expect("the write is announced").unwrap();
+    // Bounded: 3,000 polls of 10 ms, a generous limit for a 5 ms pause.
+    let mut polls = 0;
+    while store.read(graph::search_index_is_stale).unwrap() {
+        polls += 1;
+        assert!(polls < 3_000, "rows still wait for the index after writes stopped");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let found = store.read(|c| graph::search_nodes(c, "while nobody")).unwrap();
+    assert_eq!(found.entities.len(), 1, "indexed without any search");
+    assert!(
+        matches!(changes.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Empty)),
+        "the index update was announced as a change"
+    );
+}
+
 /// Rows another program writes (the Node server, the sqlite3 shell: SQLite's ASCII-only
 /// built-in `lower()`) are re-indexed before the next search, so non-ASCII capitals in
 /// them are still found by their lower-case spelling.
