@@ -51,6 +51,28 @@ impl Queue {
         !std::mem::replace(&mut q.combining, true)
     }
 
+    /// Takes the combiner's turn when none runs and nothing waits, so a write can run at
+    /// once on the caller's thread (see [`run_alone`]); end it with [`Queue::release`].
+    pub(super) fn claim_idle(queue: &Mutex<Queue>) -> bool {
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.combining || !q.jobs.is_empty() {
+            return false;
+        }
+        q.combining = true;
+        true
+    }
+
+    /// Ends a turn taken by [`Queue::claim_idle`]; true when writes were queued meanwhile,
+    /// which the caller must then combine (the turn stays taken for that).
+    pub(super) fn release(queue: &Mutex<Queue>) -> bool {
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.jobs.is_empty() {
+            q.combining = false;
+            return false;
+        }
+        true
+    }
+
     /// Up to [`MAX_BATCH`] queued jobs, oldest first; an empty batch ends the combiner's turn.
     pub(super) fn take_batch(queue: &Mutex<Queue>) -> Vec<Job> {
         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -157,6 +179,33 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> bool {
                 }
                 return false;
             }
+        }
+    }
+}
+
+/// Runs `job` alone, once, as its own transaction, for a caller holding the combiner's
+/// turn. `Err(job)` when the lock is busy (another process writes): nothing ran to its
+/// end, and the caller queues the job instead of waiting here. Otherwise the job is
+/// finished; the result says whether a change clients can read was committed.
+pub(super) fn run_alone(conn: &mut Connection, job: Job) -> Result<bool, Job> {
+    let before = conn.total_changes();
+    let mut batch = [job];
+    let attempt = attempt(conn, &mut batch);
+    let [job] = batch;
+    match attempt {
+        Attempt::Committed => {
+            let changed = conn.total_changes() != before && !job.derived;
+            job.finish(Ok(()));
+            Ok(changed)
+        }
+        Attempt::LeaveOut(_, failure) => {
+            job.finish(Err(failure));
+            Ok(false)
+        }
+        Attempt::Busy => Err(job),
+        Attempt::Failed(e) => {
+            job.finish(Err(Failure::Graph(GraphError::Sqlite(e))));
+            Ok(false)
         }
     }
 }

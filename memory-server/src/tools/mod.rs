@@ -20,6 +20,9 @@ pub const GRAPH_RESOURCE_URI: &str = "memory://knowledge-graph";
 /// `open_nodes` calls with at most this many names run on the async worker that
 /// received them rather than on a blocking thread (see `run`).
 const QUICK_OPEN_NAMES: usize = 64;
+/// Rows (entities, observations, relations) a write may create and still be small: one
+/// statement each, tens of µs in all (see `ToolCall::is_small_write`).
+const SMALL_WRITE_ROWS: usize = 16;
 
 /// `tools/list` of the official server 2026.8.31, as captured in
 /// `tests/fixtures/official/` (a test keeps the two equal).
@@ -137,17 +140,32 @@ impl ToolCall {
         })
     }
 
-    /// A write call's work, queued with the store's other writes (see `Store::write_async`).
+    /// Whether this is a write of a few rows, which may run at once on the async worker
+    /// when nothing else writes (see `Store::write_small_async`). Deletes are not: they
+    /// cascade to rows the call does not name.
+    fn is_small_write(&self) -> bool {
+        let rows = match self {
+            ToolCall::CreateEntities(e) => e.iter().map(|e| 1 + e.observations.len()).sum(),
+            ToolCall::CreateRelations(r) => r.len(),
+            ToolCall::AddObservations(a) => a.iter().map(|a| 1 + a.contents.len()).sum(),
+            _ => return false,
+        };
+        rows <= SMALL_WRITE_ROWS
+    }
+
+    /// A write call's work, queued with the store's other writes (see `Store::write_async`),
+    /// or run at once when it is small and nothing else writes.
     async fn write(self, store: &Arc<Store>, cancel: Option<Arc<AtomicBool>>) -> Result<Answer, ToolError> {
+        let small = self.is_small_write();
         Ok(match self {
             ToolCall::CreateEntities(e) => {
-                list("entities", &store.write_async(cancel, move |c| graph::create_entities(c, &e)).await?)?
+                list("entities", &commit(store, small, cancel, move |c| graph::create_entities(c, &e)).await?)?
             }
             ToolCall::CreateRelations(r) => {
-                list("relations", &store.write_async(cancel, move |c| graph::create_relations(c, &r)).await?)?
+                list("relations", &commit(store, small, cancel, move |c| graph::create_relations(c, &r)).await?)?
             }
             ToolCall::AddObservations(a) => {
-                list("results", &store.write_async(cancel, move |c| graph::add_observations(c, &a)).await?)?
+                list("results", &commit(store, small, cancel, move |c| graph::add_observations(c, &a)).await?)?
             }
             ToolCall::DeleteEntities(n) => {
                 store.write_async(cancel, move |c| graph::delete_entities(c, &n)).await?;
@@ -249,6 +267,20 @@ pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> 
     tokio::task::spawn_blocking(move || crate::store::with_cancel(cancel, || call.run(&store)))
         .await
         .map_err(|e| RpcError::internal(format!("tool call panicked: {e}")))
+}
+
+/// Commits a write's work: at once when `small` allows it (see `Store::write_small_async`),
+/// else through the store's queue of writes.
+async fn commit<T: Send + 'static>(
+    store: &Arc<Store>,
+    small: bool,
+    cancel: Option<Arc<AtomicBool>>,
+    f: impl FnMut(&rusqlite::Connection) -> Result<T, GraphError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match small {
+        true => store.write_small_async(cancel, f).await,
+        false => store.write_async(cancel, f).await,
+    }
 }
 
 /// The result of a write that returns items: the text shows the bare list, the
