@@ -174,6 +174,11 @@ fn checkpointer(path: &Path) -> rusqlite::Result<std::sync::mpsc::SyncSender<()>
     Ok(due)
 }
 
+/// A search-index update as a derived job (see `commit::Job::derived`).
+fn index_update_job() -> (commit::Job, tokio::sync::oneshot::Receiver<Result<(), commit::Failure>>) {
+    commit::Job::derived(Box::new(update_search_index))
+}
+
 /// The combiner's own search-index update: skips the write when nothing waits.
 fn update_search_index(conn: &Connection) -> Result<(), GraphError> {
     if graph::search_index_is_stale(conn)? {
@@ -282,13 +287,7 @@ impl Store {
         cancel: Option<Arc<AtomicBool>>,
         f: impl FnMut(&Connection) -> Result<T, GraphError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (job, slot, outcome) = Self::job(f, cancel);
-        if commit::Queue::push(&self.queue, job) {
-            self.combine_in_background();
-        }
-        let outcome = outcome.await;
-        self.index_when_idle();
-        self.write_outcome(outcome, &slot)
+        self.commit_job(false, cancel, f).await
     }
 
     /// [`Store::write_async`] for a write of a few rows: when no batch runs and the lock
@@ -302,46 +301,58 @@ impl Store {
         cancel: Option<Arc<AtomicBool>>,
         f: impl FnMut(&Connection) -> Result<T, GraphError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        if !commit::Queue::claim_idle(&self.queue) {
-            return self.write_async(cancel, f).await;
-        }
+        self.commit_job(true, cancel, f).await
+    }
+
+    /// Queues `f` as a job, or with `now` runs it at once when the queue is idle, then
+    /// waits for its outcome.
+    async fn commit_job<T: Send + 'static>(
+        self: &Arc<Self>,
+        now: bool,
+        cancel: Option<Arc<AtomicBool>>,
+        f: impl FnMut(&Connection) -> Result<T, GraphError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (job, slot, outcome) = Self::job(f, cancel);
-        let queued = {
-            // As in `combine`: a panic must not leave the turn taken forever.
-            let _unwinding = commit::ReleaseOnPanic(&self.queue);
-            match self.writer.try_lock() {
-                Ok(mut conn) => {
-                    let ran = match conn.busy_timeout(Duration::ZERO) {
-                        Ok(()) => commit::run_alone(&mut conn, job),
-                        Err(_) => Err(job),
-                    };
-                    if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
-                        tracing::warn!(db = %self.path.display(), error = %e, "cannot restore the busy timeout");
-                    }
-                    drop(conn);
-                    match ran {
-                        Ok(changed) => {
-                            if changed {
-                                self.after_commit();
-                            }
-                            None
-                        }
-                        Err(job) => Some(job),
-                    }
-                }
-                // The writer connection is in use (an import, the outside-write poll).
-                Err(_) => Some(job),
+        if now && commit::Queue::claim_idle(&self.queue) {
+            if let Some(job) = self.run_now(job) {
+                commit::Queue::push(&self.queue, job); // we hold the turn: no second combiner
             }
-        };
-        if let Some(job) = queued {
-            commit::Queue::push(&self.queue, job); // we hold the turn: no second combiner
-        }
-        if commit::Queue::release(&self.queue) {
+            if commit::Queue::release(&self.queue) {
+                self.combine_in_background();
+            }
+        } else if commit::Queue::push(&self.queue, job) {
             self.combine_in_background();
         }
         let outcome = outcome.await;
         self.index_when_idle();
         self.write_outcome(outcome, &slot)
+    }
+
+    /// Runs `job` on this thread for the holder of an idle queue's turn, without waiting
+    /// for any lock; gives the job back when it must be queued instead (the writer
+    /// connection in use by an import or the outside-write poll, or another process
+    /// holding the database lock).
+    fn run_now(&self, job: commit::Job) -> Option<commit::Job> {
+        // As in `combine`: a panic must not leave the turn taken forever.
+        let _unwinding = commit::ReleaseOnPanic(&self.queue);
+        let Ok(mut conn) = self.writer.try_lock() else { return Some(job) };
+        let ran = match conn.busy_timeout(Duration::ZERO) {
+            Ok(()) => commit::run_alone(&mut conn, job),
+            Err(_) => Err(job),
+        };
+        if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(db = %self.path.display(), error = %e, "cannot restore the busy timeout");
+        }
+        drop(conn);
+        match ran {
+            Ok(changed) => {
+                if changed {
+                    self.after_commit();
+                }
+                None
+            }
+            Err(job) => Some(job),
+        }
     }
 
     /// Runs the combiner on a blocking thread; its writers are answered through their
@@ -370,7 +381,7 @@ impl Store {
                 // Cleared before the update: a write committing from now on schedules
                 // the next one, and one that committed before is in this update.
                 s.index_when_idle_pending.store(false, Ordering::SeqCst);
-                let (job, outcome) = commit::Job::derived(Box::new(update_search_index));
+                let (job, outcome) = index_update_job();
                 if commit::Queue::push(&s.queue, job) {
                     s.combine_in_background();
                 }
@@ -434,7 +445,7 @@ impl Store {
             self.batches_since_index.store(0, Ordering::Relaxed);
             // Nobody waits for it: the writers of this batch have their answers, and the
             // holder of the turn runs it with whatever is queued next.
-            let (job, _unheard) = commit::Job::derived(Box::new(update_search_index));
+            let (job, _unheard) = index_update_job();
             commit::Queue::push(&self.queue, job);
         }
         if self.batches_since_recount.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_RECOUNT {
@@ -472,7 +483,7 @@ impl Store {
     /// (a derived write: nothing when none wait, and no change notice). Searches call this
     /// first when [`graph::search_index_is_stale`] says rows wait.
     pub fn update_search_index(&self) -> Result<(), StoreError> {
-        let (job, outcome) = commit::Job::derived(Box::new(update_search_index));
+        let (job, outcome) = index_update_job();
         if commit::Queue::push(&self.queue, job) {
             self.combine();
         }
