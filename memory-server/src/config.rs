@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::registry::StoreLimits;
+
 pub const DEFAULT_PORT: u16 = 3100;
 
 #[derive(Debug, Parser)]
@@ -98,6 +100,13 @@ pub struct ServeArgs {
     /// stream and `subscriptions/listen`).
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_alive_ms: u64,
+    /// Project databases kept open at most; the least recently used one beyond it is
+    /// closed (and reopened on its next request).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_open_stores: u64,
+    /// Seconds a database may go unused before it is closed.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_idle_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -116,6 +125,7 @@ pub struct DaemonConfig {
     pub max_body_bytes: usize,
     pub keep_alive: Duration,
     pub global_db: PathBuf,
+    pub stores: StoreLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +162,10 @@ impl DaemonConfig {
             max_body_bytes: args.max_body_bytes,
             keep_alive: Duration::from_millis(args.keep_alive_ms),
             global_db: global_db_path()?,
+            stores: StoreLimits {
+                max_open: usize::try_from(args.max_open_stores).unwrap_or(usize::MAX),
+                idle: Duration::from_secs(args.store_idle_secs),
+            },
         })
     }
 }

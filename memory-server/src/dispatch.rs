@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::protocol::{Answer, LATEST_VERSION, RpcError, code, supported_version};
 use crate::routing::Router;
+use crate::scope::current_project;
 use crate::session::{Session, SessionRegistry};
 use crate::store::{Store, StoreError};
 use crate::tools::{self, GRAPH_RESOURCE_URI, ToolCall};
@@ -51,14 +52,15 @@ impl McpServer {
     }
 
     /// Answers `initialize`: echoes a supported requested version, else offers the
-    /// latest. Returns the result and the negotiated version.
-    pub fn initialize(params: Option<&Value>) -> Result<(Value, &'static str), RpcError> {
+    /// latest; tells the client where its project's memory is kept when that is not in
+    /// the project. Returns the result and the negotiated version.
+    pub fn initialize(&self, params: Option<&Value>) -> Result<(Value, &'static str), RpcError> {
         let requested = params
             .and_then(|p| p.get("protocolVersion"))
             .and_then(Value::as_str)
             .ok_or_else(|| RpcError::invalid_params("initialize needs params.protocolVersion (a string)"))?;
         let version = supported_version(requested).unwrap_or(LATEST_VERSION);
-        let result = json!({
+        let mut result = json!({
             "protocolVersion": version,
             "capabilities": {
                 "tools": { "listChanged": false },
@@ -67,7 +69,16 @@ impl McpServer {
             },
             "serverInfo": server_info(),
         });
+        if let Some(note) = self.placement_note() {
+            result["instructions"] = note.into();
+        }
         Ok((result, version))
+    }
+
+    /// Where the current request's project keeps its memory, when that is not the
+    /// project itself (see `routing::Placement`).
+    pub fn placement_note(&self) -> Option<String> {
+        current_project().and_then(|project| self.router.placement_note(&project))
     }
 
     /// Serves one request other than `initialize`.

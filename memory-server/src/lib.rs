@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod project;
 pub mod protocol;
 pub mod routing;
+pub mod scope;
 pub mod serve;
 pub mod session;
 pub mod stateless;

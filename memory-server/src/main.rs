@@ -4,14 +4,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use std::path::PathBuf;
 
 use memory_server::config::{
     BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, global_db_path,
 };
 use memory_server::dispatch::McpServer;
-use memory_server::routing::{ProjectPath, Router};
-use memory_server::store::Store;
+use memory_server::project::ProjectPath;
+use memory_server::routing::Router;
+use memory_server::store::registry::StoreLimits;
+use memory_server::store::{DbFile, Store};
 use memory_server::{serve, transfer, transport};
 
 fn main() -> ExitCode {
@@ -41,31 +42,41 @@ async fn run_serve(args: &memory_server::config::ServeArgs) -> Result<(), String
 }
 
 async fn run_stdio(project: Option<&str>) -> Result<(), String> {
-    let project = project.map(ProjectPath::from_dir).transpose().map_err(|e| format!("--project: {e}"))?;
+    // Claude Code sets CLAUDE_PROJECT_DIR for every server it starts: per-project memory
+    // without a per-project config entry.
+    let from_env = std::env::var("CLAUDE_PROJECT_DIR").ok().filter(|d| !d.is_empty());
+    let project = match (project, from_env.as_deref()) {
+        (Some(dir), _) => Some(ProjectPath::from_dir(dir).map_err(|e| format!("--project: {e}"))?),
+        (None, Some(dir)) => Some(ProjectPath::from_dir(dir).map_err(|e| format!("CLAUDE_PROJECT_DIR: {e}"))?),
+        (None, None) => None,
+    };
     let global = global_db_path().map_err(|e| e.to_string())?;
-    let server = Arc::new(McpServer::new(Router::new(global), std::time::Duration::from_secs(3600)));
-    transport::stdio::run(server, project).await.map_err(|e| format!("stdio: {e}"))
+    let router = Router::new(global, StoreLimits::default());
+    let server = Arc::new(McpServer::new(router, std::time::Duration::from_secs(3600)));
+    let result = transport::stdio::run(server.clone(), project).await.map_err(|e| format!("stdio: {e}"));
+    server.router.registry().close_all().await;
+    result
 }
 
-fn transfer_db(choice: &DbChoice) -> Result<PathBuf, String> {
+fn transfer_db(choice: &DbChoice) -> Result<DbFile, String> {
     let global = global_db_path().map_err(|e| e.to_string())?;
     transfer::target_db(choice.project.as_deref(), choice.db.as_deref(), global)
 }
 
 fn run_import(args: &ImportArgs) -> Result<(), String> {
     let db = transfer_db(&args.target)?;
-    let store = Store::open(&db).map_err(|e| e.to_string())?;
+    let store = Store::open_file(&db).map_err(|e| e.to_string())?;
     let report = transfer::import(&store, &args.file).map_err(|e| e.to_string())?;
-    println!("imported {} into {}: {report}", args.file.display(), db.display());
+    println!("imported {} into {}: {report}", args.file.display(), db.path().display());
     Ok(())
 }
 
 fn run_export(args: &ExportArgs) -> Result<(), String> {
     let db = transfer_db(&args.target)?;
-    if !db.exists() {
-        return Err(format!("{}: no such database", db.display()));
+    if !db.path().exists() {
+        return Err(format!("{}: no such database", db.path().display()));
     }
-    let store = Store::open(&db).map_err(|e| e.to_string())?;
+    let store = Store::open_file(&db).map_err(|e| e.to_string())?;
     match &args.output {
         Some(path) => {
             let tmp = path.with_extension("partial");
@@ -79,8 +90,8 @@ fn run_export(args: &ExportArgs) -> Result<(), String> {
 
 fn run_backup(args: &BackupArgs) -> Result<(), String> {
     let db = transfer_db(&args.target)?;
-    transfer::backup(&db, &args.output).map_err(|e| e.to_string())?;
-    eprintln!("memory-server: backed up {} to {}", db.display(), args.output.display());
+    transfer::backup(db.path(), &args.output).map_err(|e| e.to_string())?;
+    eprintln!("memory-server: backed up {} to {}", db.path().display(), args.output.display());
     Ok(())
 }
 

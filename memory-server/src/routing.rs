@@ -1,156 +1,200 @@
-//! Per-project routing: the `Mcp-Project-Path` header is parsed once into a
-//! [`ProjectPath`] (a canonical, existing directory), carried through the request in a
-//! `tokio::task_local!`, and turned into a store by [`Router::current_store`]; tool code
-//! never sees headers.
+//! Per-project routing: the request's project (from `scope`) → where its database lives
+//! → the open store (from the registry). A project keeps its memory in
+//! `<project>/.claude/memory.db`; one whose directory cannot be written keeps it in a
+//! database of its own in the user's data directory, and once it is there it stays
+//! there (the file's existence is the memory of that choice), so a project never
+//! splits between two files and is never mixed with another one or the global memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use percent_encoding::percent_decode;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use sha2::{Digest, Sha256};
 
-use crate::store::registry::StoreRegistry;
-use crate::store::{Store, StoreError};
+use crate::project::ProjectPath;
+use crate::scope::current_project;
+use crate::store::registry::{StoreLimits, StoreRegistry};
+use crate::store::{DbFile, Store, StoreError};
 
-pub const PROJECT_HEADER: &str = "mcp-project-path";
+/// The data directory's subdirectory for projects that cannot hold their own memory.
+pub const PROJECTS_MEMORY_DIR: &str = "projects-memory";
 
-/// How long an unwritable project keeps being served from the global DB before the
-/// daemon tries its own directory again.
-const UNWRITABLE_RECHECK: Duration = Duration::from_secs(60);
+/// Bytes a kept database's file name may take before its tail becomes a hash.
+const MAX_ESCAPED_NAME: usize = 200;
 
-/// A project directory: absolute, existing, canonical (symlinks and trailing slashes
-/// resolved), so that every spelling of one directory selects the same store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ProjectPath(PathBuf);
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProjectPathError {
-    #[error("Mcp-Project-Path is empty")]
-    Empty,
-    #[error("Mcp-Project-Path is not valid UTF-8 after percent-decoding")]
-    NotUtf8,
-    #[error("Mcp-Project-Path contains a NUL byte")]
-    Nul,
-    #[error("Mcp-Project-Path must be an absolute path, got {0:?}")]
-    Relative(String),
-    #[error("Mcp-Project-Path {0:?} does not exist or is not accessible ({1})")]
-    Missing(String, String),
-    #[error("Mcp-Project-Path {0:?} is not a directory")]
-    NotADirectory(String),
-}
-
-impl ProjectPath {
-    /// Parses a header value: percent-decoded as UTF-8 when it holds `%XX` sequences,
-    /// otherwise taken as is.
-    pub fn from_header(raw: &[u8]) -> Result<ProjectPath, ProjectPathError> {
-        let decoded: Vec<u8> = if has_percent_escape(raw) { percent_decode(raw).collect() } else { raw.to_vec() };
-        let text = String::from_utf8(decoded).map_err(|_| ProjectPathError::NotUtf8)?;
-        Self::from_dir(&text)
-    }
-
-    /// Validates a directory given as text (header, `--project`).
-    pub fn from_dir(text: &str) -> Result<ProjectPath, ProjectPathError> {
-        if text.is_empty() {
-            return Err(ProjectPathError::Empty);
-        }
-        if text.contains('\0') {
-            return Err(ProjectPathError::Nul);
-        }
-        let path = Path::new(text);
-        if !path.is_absolute() {
-            return Err(ProjectPathError::Relative(text.to_owned()));
-        }
-        let canonical =
-            std::fs::canonicalize(path).map_err(|e| ProjectPathError::Missing(text.to_owned(), e.to_string()))?;
-        if !canonical.is_dir() {
-            return Err(ProjectPathError::NotADirectory(text.to_owned()));
-        }
-        Ok(ProjectPath(canonical))
-    }
-
-    pub fn as_path(&self) -> &Path {
-        &self.0
-    }
-
+/// Where a project's memory lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
     /// `<project>/.claude/memory.db`.
-    pub fn db_path(&self) -> PathBuf {
-        self.0.join(".claude").join("memory.db")
+    InProject(DbFile),
+    /// `<data dir>/projects-memory/<escaped path>.db`: the directory could not be written
+    /// when the project was first used.
+    Kept(DbFile),
+}
+
+impl Placement {
+    pub fn file(&self) -> &DbFile {
+        match self {
+            Placement::InProject(f) | Placement::Kept(f) => f,
+        }
     }
-}
-
-fn has_percent_escape(raw: &[u8]) -> bool {
-    raw.windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
-}
-
-tokio::task_local! {
-    /// The project of the request being served (`None`: the global DB).
-    static PROJECT: Option<ProjectPath>;
-}
-
-/// Runs `fut` with `project` as the current request's project.
-pub async fn with_project<F: Future>(project: Option<ProjectPath>, fut: F) -> F::Output {
-    PROJECT.scope(project, fut).await
-}
-
-/// The current request's project; `None` outside a request or for the global DB.
-pub fn current_project() -> Option<ProjectPath> {
-    PROJECT.try_with(|p| p.clone()).ok().flatten()
 }
 
 /// Maps projects to open stores.
 pub struct Router {
     stores: StoreRegistry,
-    global_db: PathBuf,
-    unwritable: DashMap<PathBuf, Instant>,
+    global: DbFile,
+    /// `<directory of the global database>/projects-memory`, canonical where it exists
+    /// (kept databases are opened without following links).
+    kept_dir: PathBuf,
 }
 
 impl Router {
-    pub fn new(global_db: PathBuf) -> Self {
-        Self { stores: StoreRegistry::new(), global_db, unwritable: DashMap::new() }
+    pub fn new(global_db: PathBuf, limits: StoreLimits) -> Self {
+        let data_dir = global_db.parent().map(Path::to_owned).unwrap_or_default();
+        let kept_dir = canonical_prefix(&data_dir.join(PROJECTS_MEMORY_DIR));
+        Self { stores: StoreRegistry::new(limits), global: DbFile::configured(global_db), kept_dir }
     }
 
     pub fn global_db(&self) -> &Path {
-        &self.global_db
+        self.global.path()
     }
 
     pub fn registry(&self) -> &StoreRegistry {
         &self.stores
     }
 
-    /// The store of the current request's project (see [`with_project`]).
+    /// The store of the current request's project (see `scope`).
     pub async fn current_store(&self) -> Result<Arc<Store>, StoreError> {
         self.store_for(current_project().as_ref()).await
     }
 
-    /// The store for `project`, or the global one. A project whose directory cannot be
-    /// written is served from the global DB with a warning (the seed's behaviour).
+    /// The store for `project`, or the global one.
     pub async fn store_for(&self, project: Option<&ProjectPath>) -> Result<Arc<Store>, StoreError> {
         let Some(project) = project else {
-            return self.stores.get(&self.global_db).await;
+            return self.stores.get(&self.global).await;
         };
-        let db = project.db_path();
-        if let Some(since) = self.unwritable.get(&db).map(|t| *t) {
-            if since.elapsed() < UNWRITABLE_RECHECK {
-                return self.stores.get(&self.global_db).await;
-            }
-            self.unwritable.remove(&db);
-        }
-        match self.stores.get(&db).await {
-            Ok(store) => Ok(store),
-            Err(e) if e.is_permission() => {
-                tracing::warn!(
-                    project = %project.as_path().display(),
-                    global_db = %self.global_db.display(),
-                    error = %e,
-                    "project directory is not writable; using the global database"
-                );
-                self.unwritable.insert(db, Instant::now());
-                self.stores.get(&self.global_db).await
-            }
-            Err(e) => Err(e),
+        match self.placement(project) {
+            Placement::Kept(file) => self.stores.get(&file).await,
+            Placement::InProject(file) => match self.stores.get(&file).await {
+                // Refused by the OS although the directory looked writable (an ACL, a
+                // read-only mount seen late): nothing was created there, so nothing splits.
+                Err(e) if e.is_permission() && file.path().symlink_metadata().is_err() => {
+                    let kept = self.kept_file(project);
+                    log_kept(project, &kept);
+                    self.stores.get(&kept).await
+                }
+                other => other,
+            },
         }
     }
+
+    /// Receives the change notices of the current request's project, whether or not
+    /// its store is open (they survive the store being closed and reopened).
+    pub fn subscribe_current(&self) -> tokio::sync::broadcast::Receiver<()> {
+        match current_project() {
+            Some(project) => self.stores.subscribe(self.placement(&project).file()),
+            None => self.stores.subscribe(&self.global),
+        }
+    }
+
+    /// Where `project`'s memory lives (a few `lstat`s; nothing is created).
+    pub fn placement(&self, project: &ProjectPath) -> Placement {
+        let kept = self.kept_file(project);
+        if kept.path().symlink_metadata().is_ok() {
+            return Placement::Kept(kept);
+        }
+        let own = DbFile::in_project(project.as_path());
+        let claude = project.as_path().join(".claude");
+        // A directory of another user's is refused when its store opens (it could
+        // redirect the database), not quietly moved.
+        let usable = own.path().symlink_metadata().is_ok()
+            || !owned_by_us(project.as_path())
+            || (writable(project.as_path()) && (claude.symlink_metadata().is_err() || writable(&claude)));
+        if usable {
+            Placement::InProject(own)
+        } else {
+            log_kept(project, &kept);
+            Placement::Kept(kept)
+        }
+    }
+
+    /// A sentence for the client when its project's memory is not in the project
+    /// (`initialize`'s `instructions`), so nobody looks for it in the wrong place.
+    pub fn placement_note(&self, project: &ProjectPath) -> Option<String> {
+        match self.placement(project) {
+            Placement::InProject(_) => None,
+            Placement::Kept(file) => Some(format!(
+                "This project's directory ({}) cannot be written by memory-server, so its memory is kept in {}.",
+                project.as_path().display(),
+                file.path().display()
+            )),
+        }
+    }
+
+    fn kept_file(&self, project: &ProjectPath) -> DbFile {
+        DbFile::private(self.kept_dir.join(kept_name(project.as_path())))
+    }
+}
+
+fn log_kept(project: &ProjectPath, kept: &DbFile) {
+    tracing::info!(
+        project = %project.as_path().display(),
+        db = %kept.path().display(),
+        "the project directory cannot be written; its memory is kept in the data directory"
+    );
+}
+
+/// Characters kept as they are in a kept database's name; everything else (`/` above
+/// all) is percent-encoded, so different paths never share a name.
+const NAME_SAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_');
+
+/// `<escaped path>.db`; a name too long for the file system keeps its start and ends
+/// in the SHA-256 of the whole path (`~` never occurs in an escaped name).
+fn kept_name(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let escaped = percent_encoding::percent_encode(bytes, NAME_SAFE).to_string();
+    if escaped.len() <= MAX_ESCAPED_NAME {
+        return format!("{escaped}.db");
+    }
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}~{hex}.db", &escaped[..MAX_ESCAPED_NAME - 70])
+}
+
+/// `path` with its longest existing prefix canonicalized (links resolved), so a file
+/// below it can be opened without following links.
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p: PathBuf, part| p.join(part));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                at = parent;
+            }
+            _ => return path.to_owned(),
+        }
+    }
+}
+
+fn owned_by_us(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    path.symlink_metadata().is_ok_and(|m| m.uid() == unsafe { libc::geteuid() })
+}
+
+/// Whether this process may create files in `dir` (`access(2)`, which knows about
+/// read-only mounts and root).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access(2) with a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 #[cfg(test)]
@@ -158,44 +202,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonicalises_spellings_of_one_directory() {
+    fn kept_names_are_distinct_and_fit_a_file_name() {
+        let a = kept_name(Path::new("/a-b/c"));
+        let b = kept_name(Path::new("/a/b-c"));
+        assert_ne!(a, b);
+        assert_eq!(a, "%2Fa-b%2Fc.db");
+        let long = format!("/{}", "x".repeat(300));
+        let longer = format!("{long}y");
+        let (n1, n2) = (kept_name(Path::new(&long)), kept_name(Path::new(&longer)));
+        assert!(n1.len() <= 255 && n2.len() <= 255);
+        assert_ne!(n1, n2);
+    }
+
+    #[test]
+    fn canonical_prefix_resolves_what_exists() {
         let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("proj");
-        std::fs::create_dir(&real).unwrap();
         let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let a = ProjectPath::from_dir(real.to_str().unwrap()).unwrap();
-        let b = ProjectPath::from_dir(&format!("{}/", real.display())).unwrap();
-        let c = ProjectPath::from_dir(link.to_str().unwrap()).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a, c);
-    }
-
-    #[test]
-    fn decodes_percent_encoded_utf8() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("工藤 app");
-        std::fs::create_dir(&real).unwrap();
-        let encoded: String =
-            percent_encoding::utf8_percent_encode(real.to_str().unwrap(), percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
-        let p = ProjectPath::from_header(encoded.as_bytes()).unwrap();
-        assert_eq!(p.as_path(), std::fs::canonicalize(&real).unwrap());
-    }
-
-    #[test]
-    fn rejects_bad_values_with_reasons() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, "x").unwrap();
-        assert_eq!(ProjectPath::from_header(b""), Err(ProjectPathError::Empty));
-        assert!(matches!(ProjectPath::from_header(b"rel/dir"), Err(ProjectPathError::Relative(_))));
-        assert!(matches!(ProjectPath::from_header(b"/no/such/dir/x"), Err(ProjectPathError::Missing(..))));
-        assert!(matches!(
-            ProjectPath::from_header(file.to_str().unwrap().as_bytes()),
-            Err(ProjectPathError::NotADirectory(_))
-        ));
-        assert_eq!(ProjectPath::from_header(b"/tmp%00x"), Err(ProjectPathError::Nul));
-        assert_eq!(ProjectPath::from_header(b"/tmp/%ff%fe"), Err(ProjectPathError::NotUtf8));
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let p = canonical_prefix(&link.join("missing/deeper"));
+        assert_eq!(p, std::fs::canonicalize(dir.path()).unwrap().join("missing/deeper"));
     }
 }

@@ -46,17 +46,18 @@ pub async fn serve(config: DaemonConfig) -> Result<(), ServeError> {
         _ => ServeError::Bind { addr: config.addr, source },
     })?;
 
-    let server = Arc::new(McpServer::new(Router::new(config.global_db.clone()), config.session_idle));
-    let sweeper = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(server.sessions.sweep_interval());
-            loop {
-                tick.tick().await;
-                server.sessions.expire_idle();
-            }
-        })
-    };
+    let router = Router::new(config.global_db.clone(), config.stores);
+    let server = Arc::new(McpServer::new(router, config.session_idle));
+    let sweepers = [
+        every(server.sessions.sweep_interval(), {
+            let server = server.clone();
+            move || server.sessions.expire_idle()
+        }),
+        every(sweep_interval(config.stores.idle), {
+            let server = server.clone();
+            move || server.router.registry().close_idle()
+        }),
+    ];
     tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on http://{}/mcp", config.addr);
 
     let state = AppState { server: server.clone(), config: Arc::new(config) };
@@ -90,16 +91,29 @@ pub async fn serve(config: DaemonConfig) -> Result<(), ServeError> {
             }
         } => tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}; exiting anyway"),
     }
-    sweeper.abort();
-
-    let stores = server.router.registry().open_stores();
-    tokio::task::spawn_blocking(move || {
-        for store in stores {
-            store.checkpoint();
-        }
-    })
-    .await
-    .map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    for sweeper in sweepers {
+        sweeper.abort();
+    }
+    // Every store's background work is joined before its final index update and
+    // checkpoint, so nothing writes to a file after it was folded back.
+    server.router.registry().close_all().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs `f` every `period` until aborted.
+fn every(period: Duration, f: impl Fn() + Send + 'static) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            f();
+        }
+    })
+}
+
+/// How often to look for stores idle longer than `idle`.
+fn sweep_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(200), Duration::from_secs(60))
 }

@@ -5,7 +5,7 @@
 //! frame what this module decides.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
@@ -37,31 +37,6 @@ pub const METHODS: &[&str] = &[
 /// How long static lists may be cached (the tool catalog and resource list never change
 /// while a daemon runs).
 const STATIC_TTL_MS: u64 = 3_600_000;
-
-tokio::task_local! {
-    static CANCEL: Arc<AtomicBool>;
-}
-
-/// Runs a request so that dropping it (the client closed its response stream) cancels
-/// it: a write that has not committed yet is rolled back instead (see `tools::run`).
-pub async fn cancellable<F: std::future::Future>(f: F) -> F::Output {
-    CANCEL.scope(Arc::new(AtomicBool::new(false)), f).await
-}
-
-/// The current request's cancellation flag, inside [`cancellable`].
-pub fn cancel_flag() -> Option<Arc<AtomicBool>> {
-    CANCEL.try_with(Arc::clone).ok()
-}
-
-/// Sets the flag when dropped, i.e. when the future holding it is dropped unfinished
-/// (after it finished, setting it changes nothing).
-pub struct SetOnDrop(pub Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
 
 /// Whether a message belongs to the stateless revision: its params carry
 /// `_meta["io.modelcontextprotocol/protocolVersion"]`.
@@ -136,16 +111,23 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The `server/discover` result (before decoration).
-pub fn discover() -> Value {
+/// The `server/discover` result (before decoration); `placement` says where the
+/// project's memory is kept when that is not the project itself.
+pub fn discover(placement: Option<String>) -> Value {
+    let mut instructions = "A knowledge graph memory shared across sessions: entities, relations and observations, \
+                            stored per project (Mcp-Project-Path)."
+        .to_owned();
+    if let Some(note) = placement {
+        instructions.push(' ');
+        instructions.push_str(&note);
+    }
     json!({
         "supportedVersions": ALL_VERSIONS,
         "capabilities": {
             "tools": { "listChanged": false },
             "resources": { "subscribe": true, "listChanged": false },
         },
-        "instructions": "A knowledge graph memory shared across sessions: entities, relations and observations, \
-                         stored per project (Mcp-Project-Path).",
+        "instructions": instructions,
     })
 }
 
@@ -219,7 +201,7 @@ impl McpServer {
     /// already checked). Unknown methods are `-32601`.
     pub async fn handle_stateless(&self, method: &str, params: Option<Value>) -> Result<Answer, RpcError> {
         let result = match method {
-            "server/discover" => discover().into(),
+            "server/discover" => discover(self.placement_note()).into(),
             "tools/list" | "tools/call" | "resources/list" | "resources/templates/list" | "resources/read" => {
                 self.handle(None, method, params).await.map_err(remap)?
             }
@@ -243,8 +225,8 @@ impl McpServer {
         let mut agreed = Map::new();
         let changes = if wanted {
             agreed.insert("resourceSubscriptions".into(), json!([GRAPH_RESOURCE_URI]));
+            let rx = self.router.subscribe_current();
             let store = self.router.current_store().await.map_err(|e| RpcError::internal(e.to_string()))?;
-            let rx = store.subscribe_changes();
             store.watch_outside_writes();
             Some(rx)
         } else {

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::Deserialize;
 
+use crate::project::ProjectPath;
+use crate::routing::Router;
 use crate::store::model::{Entity, KnowledgeGraph, Relation};
-use crate::store::{Store, StoreError};
+use crate::store::registry::StoreLimits;
+use crate::store::{DbFile, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -336,10 +339,11 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), TransferError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such database"),
         });
     }
+    // Opening a FIFO would block for good, a device would be read as garbage.
+    crate::store::check_regular_file(db)?;
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sqlite(db))?;
     src.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite(db))?;
-    crate::store::create_private_file(dest)
-        .map_err(|source| TransferError::Io { path: dest.display().to_string(), source })?;
+    crate::store::create_private_file(dest)?;
     let mut dst = Connection::open(dest).map_err(sqlite(dest))?;
     let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(sqlite(dest))?;
     // All pages in one step: the copy is one snapshot. A writer holding the lock at that
@@ -356,14 +360,18 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), TransferError> {
     })
 }
 
-/// Which database a transfer command works on: `--db PATH`, the project's, or the global.
-pub fn target_db(project: Option<&str>, db: Option<&Path>, global: PathBuf) -> Result<PathBuf, String> {
+/// Which database a transfer command works on: `--db PATH`, the project's (where the
+/// daemon keeps it: in the project, or in the data directory for a project that cannot
+/// be written), or the global one.
+pub fn target_db(project: Option<&str>, db: Option<&Path>, global: PathBuf) -> Result<DbFile, String> {
     match (project, db) {
         (Some(_), Some(_)) => Err("give --project or --db, not both".into()),
         (Some(dir), None) => {
-            crate::routing::ProjectPath::from_dir(dir).map(|p| p.db_path()).map_err(|e| format!("--project: {e}"))
+            let project = ProjectPath::from_dir(dir).map_err(|e| format!("--project: {e}"))?;
+            let router = Router::new(global, StoreLimits::default());
+            Ok(router.placement(&project).file().clone())
         }
-        (None, Some(path)) => Ok(path.to_owned()),
-        (None, None) => Ok(global),
+        (None, Some(path)) => Ok(DbFile::configured(path.to_owned())),
+        (None, None) => Ok(DbFile::configured(global)),
     }
 }

@@ -277,6 +277,8 @@ pub struct Http {
     pub url: String,
     pub project: Option<PathBuf>,
     pub session: Option<String>,
+    /// Sent as `Authorization: Bearer` when set.
+    pub token: Option<String>,
 }
 
 pub struct Reply {
@@ -289,7 +291,12 @@ pub struct Reply {
 impl Http {
     pub fn new(url: String) -> Self {
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        Http { client, url, project: None, session: None }
+        Http { client, url, project: None, session: None, token: None }
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
     }
 
     pub fn with_project(mut self, project: &Path) -> Self {
@@ -309,6 +316,9 @@ impl Http {
         }
         if let Some(s) = &self.session {
             req = req.header("mcp-session-id", s);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
         }
         for (k, v) in extra {
             req = req.header(*k, *v);

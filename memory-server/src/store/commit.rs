@@ -89,6 +89,19 @@ pub(super) enum Failure {
     Graph(GraphError),
     Cancelled,
     Locked,
+    /// The database file went away under the commit and no fresh one could be opened.
+    Lost(String),
+}
+
+/// What the store found after a commit, before anyone is told it succeeded.
+pub(super) enum FileCheck {
+    /// The file committed to is still the one at the database's path.
+    Current,
+    /// It was not (deleted or replaced): the connection now holds the file at the path,
+    /// and the batch must run again there.
+    Reopened,
+    /// It was not, and no file could be opened in its place (the reason).
+    Lost(String),
 }
 
 impl Job {
@@ -137,9 +150,15 @@ impl Drop for ReleaseOnPanic<'_> {
 /// Runs `batch` on the writer connection and finishes every job in it. A job that fails
 /// (an unknown entity, an SQL error) or is cancelled before the commit is left out: the
 /// transaction is rolled back and the others run again without it, so one bad write
-/// never takes its neighbours down. Returns whether a change that clients can read was
+/// never takes its neighbours down. After the commit `check` confirms that the file is
+/// still the database's (else it reopens it, and the batch runs again in the new file)
+/// before any job is finished. Returns whether a change that clients can read was
 /// committed (not when only derived jobs ran).
-pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> bool {
+pub(super) fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    check: &mut dyn FnMut(&mut Connection) -> FileCheck,
+) -> bool {
     let deadline = Instant::now() + WRITE_DEADLINE;
     let (cancelled, mut batch): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(Job::cancelled);
     for job in cancelled {
@@ -153,6 +172,16 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> bool {
         match attempt(conn, &mut batch) {
             Attempt::Committed => {
                 let changed = conn.total_changes() != before && batch.iter().any(|job| !job.derived);
+                match check(conn) {
+                    FileCheck::Current => {}
+                    FileCheck::Reopened => continue,
+                    FileCheck::Lost(reason) => {
+                        for job in batch {
+                            job.finish(Err(Failure::Lost(reason.clone())));
+                        }
+                        return false;
+                    }
+                }
                 for job in batch {
                     job.finish(Ok(()));
                 }
@@ -184,15 +213,17 @@ pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> bool {
 }
 
 /// Runs `job` alone, once, as its own transaction, for a caller holding the combiner's
-/// turn. `Err(job)` when the lock is busy (another process writes): nothing ran to its
-/// end, and the caller queues the job instead of waiting here. Otherwise the job is
+/// turn. `Err(job)` when the lock is busy (another process writes) or `current` says
+/// the file committed to is no longer the database's: the job is not finished, and the
+/// caller queues it instead of waiting or reopening here. Otherwise the job is
 /// finished; the result says whether a change clients can read was committed.
-pub(super) fn run_alone(conn: &mut Connection, job: Job) -> Result<bool, Job> {
+pub(super) fn run_alone(conn: &mut Connection, job: Job, current: &dyn Fn() -> bool) -> Result<bool, Job> {
     let before = conn.total_changes();
     let mut batch = [job];
     let attempt = attempt(conn, &mut batch);
     let [job] = batch;
     match attempt {
+        Attempt::Committed if !current() => Err(job),
         Attempt::Committed => {
             let changed = conn.total_changes() != before && !job.derived;
             job.finish(Ok(()));

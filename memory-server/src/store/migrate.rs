@@ -1,6 +1,10 @@
 //! Schema migrations: numbered SQL files from `migrations/`, embedded at build time and
-//! tracked with `PRAGMA user_version`. A DB written by a newer binary is refused before
-//! anything touches it.
+//! tracked with `PRAGMA user_version`. A file is adopted only when it is empty or holds
+//! exactly the Node server's schema or ours at its version; all pending migrations of
+//! one open run in one transaction, so a refused or failed open leaves the file as it was.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -42,34 +46,129 @@ pub fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
 
-/// Applies the pending migrations, each in its own `BEGIN IMMEDIATE` transaction so that
-/// two daemons opening the same new file at once migrate it exactly once. Returns the
-/// names of the migrations applied. Fails with `Err(found)` when the file is newer.
-pub fn migrate(conn: &mut Connection) -> Result<Vec<&'static str>, MigrateError> {
-    let mut applied = Vec::new();
-    for m in MIGRATIONS {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let current = user_version(&tx)?;
-        if current > latest_version() {
-            return Err(MigrateError::TooNew { found: current, known: latest_version() });
-        }
-        if current >= m.version {
-            continue;
-        }
-        tx.execute_batch(m.sql)?;
-        tx.pragma_update(None, "user_version", m.version)?;
-        tx.commit()?;
-        applied.push(m.name);
-    }
-    Ok(applied)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("schema version {found} is newer than this memory-server knows ({known})")]
     TooNew { found: u32, known: u32 },
+    /// The file holds something that is neither the Node server's schema nor ours.
+    #[error("{0}")]
+    Foreign(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+}
+
+/// Checks that the database at `conn` may be adopted (see the module comment) without
+/// writing anything; returns its schema version.
+pub fn check_adoptable(conn: &Connection) -> Result<u32, MigrateError> {
+    let found = user_version(conn)?;
+    if found > latest_version() {
+        return Err(MigrateError::TooNew { found, known: latest_version() });
+    }
+    let actual = Schema::read(conn)?;
+    // Version 0 is a new file, or the Node server's, whose tables are our first migration.
+    let expected = &SCHEMAS[found.max(1) as usize - 1];
+    if found == 0 && actual.objects.is_empty() {
+        return Ok(found);
+    }
+    actual.compare(expected).map_err(|difference| {
+        let whose = if found == 0 {
+            "the Node server's (@pepk/mcp-memory-sqlite)".to_owned()
+        } else {
+            format!("memory-server's schema version {found}")
+        };
+        MigrateError::Foreign(format!("{difference}, which is not in {whose}"))
+    })?;
+    Ok(found)
+}
+
+/// Applies the pending migrations in one `BEGIN IMMEDIATE` transaction: two daemons
+/// opening the same new file at once migrate it exactly once, and a failure leaves
+/// nothing half done. The schema is checked again inside the transaction (another
+/// process may have changed it since [`check_adoptable`]). Returns the names applied.
+pub fn migrate(conn: &mut Connection) -> Result<Vec<&'static str>, MigrateError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current = check_adoptable(&tx)?;
+    let pending: Vec<&Migration> = MIGRATIONS.iter().filter(|m| m.version > current).collect();
+    for m in &pending {
+        tx.execute_batch(m.sql)?;
+    }
+    if let Some(last) = pending.last() {
+        tx.pragma_update(None, "user_version", last.version)?;
+    }
+    tx.commit()?;
+    Ok(pending.iter().map(|m| m.name).collect())
+}
+
+/// The schema objects of a database: `(type, name)` → for tables, their columns.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Schema {
+    objects: BTreeMap<(String, String), Vec<String>>,
+}
+
+/// What every version's migrations produce, from applying them to an empty database.
+static SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
+    let mut schemas = Vec::new();
+    // An in-memory database and the embedded SQL: neither can fail short of a bug,
+    // which the unit tests would show; an empty schema then refuses every file.
+    if let Ok(conn) = Connection::open_in_memory() {
+        for m in MIGRATIONS {
+            let ok = conn.execute_batch(m.sql).is_ok();
+            schemas.push(if ok { Schema::read(&conn).unwrap_or_default() } else { Schema::default() });
+        }
+    }
+    schemas
+});
+
+impl Schema {
+    fn read(conn: &Connection) -> rusqlite::Result<Schema> {
+        let mut stmt = conn.prepare("SELECT type, name FROM sqlite_master ORDER BY type, name")?;
+        let names: Vec<(String, String)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut objects = BTreeMap::new();
+        for (kind, name) in names {
+            // Statistics tables appear after an ANALYZE, by anyone; they hold no data.
+            if name.starts_with("sqlite_stat") {
+                continue;
+            }
+            let columns = if kind == "table" { columns(conn, &name)? } else { Vec::new() };
+            objects.insert((kind, name), columns);
+        }
+        Ok(Schema { objects })
+    }
+
+    /// The first difference from `expected`, in words.
+    fn compare(&self, expected: &Schema) -> Result<(), String> {
+        for ((kind, name), columns) in &self.objects {
+            match expected.objects.get(&(kind.clone(), name.clone())) {
+                None => return Err(format!("it holds {kind} `{name}`")),
+                Some(want) if want != columns => {
+                    return Err(format!("its table `{name}` has columns ({})", columns.join(", ")));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some((kind, name)) = expected.objects.keys().find(|k| !self.objects.contains_key(*k)) {
+            return Err(format!("it lacks {kind} `{name}`"));
+        }
+        Ok(())
+    }
+}
+
+/// A table's columns as `name type [NOT NULL] [PK]`.
+fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")?;
+    stmt.query_map([table], |r| {
+        let (name, ty, not_null, pk): (String, String, bool, i64) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+        let mut column = format!("{name} {ty}");
+        if not_null {
+            column.push_str(" NOT NULL");
+        }
+        if pk > 0 {
+            column.push_str(" PK");
+        }
+        Ok(column)
+    })?
+    .collect()
 }
 
 #[cfg(test)]
@@ -91,5 +190,45 @@ mod tests {
             assert_eq!(m.version as usize, i + 1);
             assert!(m.name.starts_with(&format!("{:04}_", m.version)));
         }
+        assert_eq!(SCHEMAS.len(), MIGRATIONS.len());
+        assert!(SCHEMAS.iter().all(|s| !s.objects.is_empty()), "every migration's SQL runs");
+    }
+
+    #[test]
+    fn adopts_empty_node_and_own_files_and_names_what_else_it_finds() {
+        let empty = Connection::open_in_memory().unwrap();
+        assert_eq!(check_adoptable(&empty).unwrap(), 0);
+
+        let node = Connection::open_in_memory().unwrap();
+        node.execute_batch(MIGRATIONS[0].sql).unwrap(); // the Node server's DDL, verbatim
+        assert_eq!(check_adoptable(&node).unwrap(), 0);
+
+        let mut ours = Connection::open_in_memory().unwrap();
+        migrate(&mut ours).unwrap();
+        assert_eq!(check_adoptable(&ours).unwrap(), latest_version());
+
+        let app = Connection::open_in_memory().unwrap();
+        app.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)").unwrap();
+        let err = check_adoptable(&app).unwrap_err().to_string();
+        assert!(err.contains("table `users`"), "{err}");
+
+        let clash = Connection::open_in_memory().unwrap();
+        clash.execute_batch("CREATE TABLE entities (id INTEGER PRIMARY KEY, label TEXT)").unwrap();
+        let err = check_adoptable(&clash).unwrap_err().to_string();
+        assert!(err.contains("entities"), "{err}");
+
+        ours.execute_batch("CREATE TABLE extra (x)").unwrap();
+        let err = check_adoptable(&ours).unwrap_err().to_string();
+        assert!(err.contains("table `extra`") && err.contains("version"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_file_gets_no_migration_at_all() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE entities (id INTEGER PRIMARY KEY, label TEXT)").unwrap();
+        assert!(matches!(migrate(&mut conn), Err(MigrateError::Foreign(_))));
+        assert_eq!(user_version(&conn).unwrap(), 0);
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+        assert_eq!(tables, 1, "nothing was added");
     }
 }

@@ -1,52 +1,251 @@
-//! The cache of open stores, keyed by database path. Opening a store happens once even
-//! when many requests for a new project arrive together: they all wait on the same
-//! `OnceCell`, and a failed open leaves the cell empty so the next request retries.
+//! The open stores and their lifecycle. A store opens once however many requests race
+//! for it (they wait on one `OnceCell`); a failed open is forgotten, so the next
+//! request tries again; at most `max_open` stay open (the least recently used one that
+//! nobody is using is closed to make room) and one unused for `idle` is closed, its
+//! background work joined and its WAL checkpointed. Change channels live here, per
+//! path, so subscribers keep hearing about a project across its store's close and
+//! reopen. The registry also closes every store at shutdown.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, broadcast};
+use tokio_util::task::TaskTracker;
 
-use super::{Store, StoreError};
+use super::{DbFile, Store, StoreError};
 
-#[derive(Default)]
+/// How many stores may be open and how long an unused one stays open.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    pub max_open: usize,
+    pub idle: Duration,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits { max_open: 64, idle: Duration::from_secs(600) }
+    }
+}
+
 pub struct StoreRegistry {
-    stores: DashMap<PathBuf, Arc<OnceCell<Arc<Store>>>>,
+    slots: DashMap<PathBuf, Arc<Slot>>,
+    channels: Arc<DashMap<PathBuf, broadcast::Sender<()>>>,
+    limits: StoreLimits,
+    /// Stores open or being opened: what `max_open` bounds.
+    occupied: AtomicUsize,
+    /// Stores being closed (shutdown waits for them).
+    closing: TaskTracker,
+    epoch: Instant,
+}
+
+struct Slot {
+    store: OnceCell<Arc<Store>>,
+    /// Milliseconds since the registry's epoch at the last use, for idle closing.
+    last_used: AtomicU64,
+    /// A global use counter, for least-recently-used order (milliseconds tie).
+    recency: AtomicU64,
+}
+
+static USES: AtomicU64 = AtomicU64::new(0);
+
+impl Default for StoreRegistry {
+    fn default() -> Self {
+        Self::new(StoreLimits::default())
+    }
 }
 
 impl StoreRegistry {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(limits: StoreLimits) -> Self {
+        StoreRegistry {
+            slots: DashMap::new(),
+            channels: Arc::new(DashMap::new()),
+            limits: StoreLimits { max_open: limits.max_open.max(1), ..limits },
+            occupied: AtomicUsize::new(0),
+            closing: TaskTracker::new(),
+            epoch: Instant::now(),
+        }
     }
 
-    /// The open store for `db_path`, opening (and migrating) it on first use.
-    pub async fn get(&self, db_path: &Path) -> Result<Arc<Store>, StoreError> {
-        if let Some(cell) = self.stores.get(db_path)
-            && let Some(store) = cell.get()
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    /// The open store for `file`, opening (and migrating) it on first use.
+    pub async fn get(&self, file: &DbFile) -> Result<Arc<Store>, StoreError> {
+        if let Some(slot) = self.slots.get(file.path())
+            && let Some(store) = slot.store.get()
         {
+            self.touch(&slot);
             return Ok(store.clone());
         }
-        // Clone the cell out so no DashMap shard lock is held across the await.
-        let cell = self.stores.entry(db_path.to_owned()).or_default().clone();
-        cell.get_or_try_init(|| async {
-            let path = db_path.to_owned();
-            let store = tokio::task::spawn_blocking(move || Store::open(&path))
-                .await
-                .map_err(|e| StoreError::Io { path: db_path.to_owned(), source: std::io::Error::other(e) })??;
-            tracing::info!(db = %db_path.display(), "store opened");
-            Ok(Arc::new(store))
-        })
-        .await
-        .cloned()
+        // Clone the slot out so no DashMap shard lock is held across the await.
+        let slot = self.slots.entry(file.path().to_owned()).or_insert_with(Slot::new).clone();
+        self.touch(&slot);
+        let opened = slot
+            .store
+            .get_or_try_init(|| async {
+                self.make_room();
+                let changes = self.channel(file);
+                let to_open = file.clone();
+                let opened = tokio::task::spawn_blocking(move || Store::open_with(&to_open, changes))
+                    .await
+                    .map_err(|e| StoreError::Io { path: file.path().to_owned(), source: std::io::Error::other(e) })
+                    .and_then(|r| r);
+                match opened {
+                    Ok(store) => {
+                        tracing::info!(db = %file.path().display(), "store opened");
+                        let store = Arc::new(store);
+                        if store.has_subscribers() {
+                            store.watch_outside_writes();
+                        }
+                        Ok(store)
+                    }
+                    Err(e) => {
+                        self.occupied.fetch_sub(1, Ordering::SeqCst);
+                        Err(e)
+                    }
+                }
+            })
+            .await
+            .cloned();
+        if opened.is_err() {
+            // Forget the failure, so the next request tries again (the cause may be fixed).
+            drop(slot);
+            self.slots.remove_if(file.path(), |_, s| Arc::strong_count(s) == 1 && !s.store.initialized());
+        }
+        opened
     }
 
-    /// Stores that finished opening.
-    pub fn open_stores(&self) -> Vec<Arc<Store>> {
-        self.stores.iter().filter_map(|e| e.value().get().cloned()).collect()
+    /// A receiver of `file`'s change notices, whether or not its store is open.
+    pub fn subscribe(&self, file: &DbFile) -> broadcast::Receiver<()> {
+        self.channel(file).subscribe()
     }
 
+    fn channel(&self, file: &DbFile) -> broadcast::Sender<()> {
+        self.channels.entry(file.path().to_owned()).or_insert_with(|| broadcast::channel(16).0).clone()
+    }
+
+    fn touch(&self, slot: &Slot) {
+        slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        slot.recency.store(USES.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Takes a place for a store about to open, closing the least recently used idle
+    /// store when all are taken. When every open store is in use by a request at this
+    /// moment, the limit is exceeded rather than the request failed (logged); it is
+    /// restored as those requests end.
+    fn make_room(&self) {
+        loop {
+            let n = self.occupied.load(Ordering::SeqCst);
+            if n < self.limits.max_open {
+                if self.occupied.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                    return;
+                }
+                continue;
+            }
+            if !self.evict_least_recently_used() {
+                tracing::warn!(
+                    max_open_stores = self.limits.max_open,
+                    "every open store is in use; opening one more than --max-open-stores"
+                );
+                self.occupied.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    /// Closes the least recently used store that nobody is using, preferring one
+    /// without subscribers. Returns whether one was closed.
+    fn evict_least_recently_used(&self) -> bool {
+        let victim = self
+            .slots
+            .iter()
+            .filter(|e| unused(e.value()))
+            .min_by_key(|e| (self.subscribed(e.key()), e.value().recency.load(Ordering::Relaxed)))
+            .map(|e| e.key().clone());
+        victim.is_some_and(|path| self.evict(&path, |_| true))
+    }
+
+    /// Closes the stores unused for longer than the idle limit (not those with
+    /// subscribers: they count as used). Called periodically.
+    pub fn close_idle(&self) {
+        let cutoff = self.now_ms().saturating_sub(self.limits.idle.as_millis() as u64);
+        let idle: Vec<PathBuf> = self
+            .slots
+            .iter()
+            .filter(|e| e.value().last_used.load(Ordering::Relaxed) < cutoff)
+            .map(|e| e.key().clone())
+            .collect();
+        for path in idle {
+            if !self.subscribed(&path) {
+                self.evict(&path, |slot| slot.last_used.load(Ordering::Relaxed) < cutoff);
+            }
+        }
+    }
+
+    /// Removes `path`'s store if nobody uses it and `also` holds (both checked under the
+    /// map's lock, so no request can pick it up meanwhile), and closes it in the
+    /// background.
+    fn evict(&self, path: &PathBuf, also: impl Fn(&Slot) -> bool) -> bool {
+        let Some((path, slot)) = self.slots.remove_if(path, |_, s| unused(s) && also(s)) else { return false };
+        self.occupied.fetch_sub(1, Ordering::SeqCst);
+        if let Some(store) = slot.store.get().cloned() {
+            drop(slot);
+            tracing::info!(db = %path.display(), "store closed (unused)");
+            self.closing.spawn(self.close_then_forget_channel(store, path));
+        }
+        true
+    }
+
+    fn close_then_forget_channel(&self, store: Arc<Store>, path: PathBuf) -> impl Future<Output = ()> + use<> {
+        let channels = self.channels.clone();
+        async move {
+            store.close().await;
+            channels.remove_if(&path, |_, tx| tx.receiver_count() == 0);
+        }
+    }
+
+    fn subscribed(&self, path: &PathBuf) -> bool {
+        self.channels.get(path).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Stores open or being opened (what `--max-open-stores` bounds).
     pub fn open_count(&self) -> usize {
-        self.stores.iter().filter(|e| e.value().initialized()).count()
+        self.occupied.load(Ordering::SeqCst)
     }
+
+    /// Closes every store and waits for all closes (shutdown): background work joined,
+    /// WAL checkpointed. Stores still referenced by a request that outlived the drain
+    /// are closed as well; their connections go when that request does.
+    pub async fn close_all(&self) {
+        let paths: Vec<PathBuf> = self.slots.iter().map(|e| e.key().clone()).collect();
+        for path in paths {
+            if let Some((path, slot)) = self.slots.remove(&path)
+                && let Some(store) = slot.store.get().cloned()
+            {
+                self.occupied.fetch_sub(1, Ordering::SeqCst);
+                self.closing.spawn(self.close_then_forget_channel(store, path));
+            }
+        }
+        self.closing.close();
+        self.closing.wait().await;
+    }
+}
+
+impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot { store: OnceCell::new(), last_used: AtomicU64::new(0), recency: AtomicU64::new(0) })
+    }
+}
+
+/// An open store that only the registry holds: no request has it or is waiting for it.
+fn unused(slot: &Arc<Slot>) -> bool {
+    Arc::strong_count(slot) == 1 && slot.store.get().is_some_and(|store| Arc::strong_count(store) == 1)
 }

@@ -250,7 +250,7 @@ fn written_rows_are_indexed_in_batches_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.db");
     let store = Store::open(&path).unwrap();
-    for i in 0..super::BATCHES_PER_INDEX_UPDATE - 1 {
+    for i in 0..super::writer::BATCHES_PER_INDEX_UPDATE - 1 {
         let e = [entity(&format!("batch-{i}"), "t", &["noted"])];
         store.write(move |c| graph::create_entities(c, &e)).unwrap();
     }
@@ -259,7 +259,7 @@ fn written_rows_are_indexed_in_batches_and_survive_a_restart() {
     store.write(move |c| graph::create_entities(c, &e)).unwrap();
     assert!(!store.read(graph::search_index_is_stale).unwrap(), "indexed by the combiner");
     let indexed = store.read(|c| graph::search_nodes(c, "batch-")).unwrap().entities.len();
-    assert_eq!(indexed, super::BATCHES_PER_INDEX_UPDATE as usize);
+    assert_eq!(indexed, super::writer::BATCHES_PER_INDEX_UPDATE as usize);
 
     let e = [entity("after-restart", "t", &["noted before the restart"])];
     store.write(move |c| graph::create_entities(c, &e)).unwrap();
@@ -622,7 +622,7 @@ fn counting_graph(n: usize) -> (tempfile::TempDir, Store) {
 /// them (FTS5 looking up its shadow tables, which depends on the index's layout, not on
 /// how many rows match), and the number of entities returned.
 fn count(store: &Store, op: &dyn Fn(&Connection) -> Result<KnowledgeGraph, GraphError>) -> (usize, usize, usize) {
-    let conn = super::open_reader(store.path()).unwrap();
+    let conn = super::readers::open_reader(store.path()).unwrap();
     op(&conn).unwrap();
     let (graph, log) = traced(&conn, |c| op(c).unwrap());
     let nested = log.iter().filter(|s| s.starts_with("-- ")).count();

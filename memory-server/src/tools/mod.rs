@@ -68,13 +68,15 @@ fn cached_graph_answer(
 
 /// The search's graph, or `None` when written rows wait to be indexed first (a write;
 /// see `Store::update_search_index`). The check shares the search's read transaction.
-fn search_if_indexed(store: &Store, query: &str) -> Result<Option<KnowledgeGraph>, StoreError> {
-    store.read(|c| {
-        if graph::search_index_is_stale(c)? {
-            return Ok(None);
-        }
-        graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
-    })
+fn search_if_indexed(
+    c: &rusqlite::Connection,
+    store: &Store,
+    query: &str,
+) -> Result<Option<KnowledgeGraph>, GraphError> {
+    if graph::search_index_is_stale(c)? {
+        return Ok(None);
+    }
+    graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
 }
 
 /// An answer that cannot be encoded (serde_json writing our own types into memory
@@ -126,7 +128,7 @@ impl ToolCall {
         Ok(match self {
             ToolCall::ReadGraph => cached_graph_answer(store, "read_graph", graph_result)?,
             ToolCall::SearchNodes(q) => {
-                let found = match search_if_indexed(store, &q)? {
+                let found = match store.read(|c| search_if_indexed(c, store, &q))? {
                     Some(found) => found,
                     None => {
                         store.update_search_index()?;
@@ -188,16 +190,17 @@ impl ToolCall {
     /// Runs a read whose cost is small and bounded right here, on the async worker:
     /// `open_nodes` of a few names (three indexed statements, a handful of rows per
     /// name), or a search whose plan is known to be selective (see
-    /// `TrigramCounts::search_is_cheap`). `None`: not such a read, or the search index
-    /// needs updating first (a write, which must not wait on this thread); run it as
-    /// any other read.
+    /// `TrigramCounts::search_is_cheap`). `None`: not such a read, no reader free at
+    /// once (waiting for one must not hold the worker), or the search index needs
+    /// updating first (a write, which must not wait on this thread); run it as any
+    /// other read.
     fn run_quick(&self, store: &Store) -> Option<Answer> {
         let found = match self {
             ToolCall::OpenNodes(names) if names.len() <= QUICK_OPEN_NAMES => {
-                store.read(|c| graph::open_nodes(c, names)).map(Some)
+                store.try_read(|c| graph::open_nodes(c, names))?.map(Some)
             }
             ToolCall::SearchNodes(query) if store.trigram_counts().search_is_cheap(query) => {
-                search_if_indexed(store, query)
+                store.try_read(|c| search_if_indexed(c, store, query))?
             }
             _ => return None,
         };
@@ -254,8 +257,8 @@ enum ToolError {
 pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> {
     // A request that can be cancelled (2026-07-28, see `stateless::cancellable`) sets its
     // flag when this future is dropped; a queued write sees it before committing.
-    let cancel = crate::stateless::cancel_flag();
-    let _on_drop = cancel.clone().map(crate::stateless::SetOnDrop);
+    let cancel = crate::scope::cancel_flag();
+    let _on_drop = cancel.clone().map(crate::scope::SetOnDrop);
     if !call.is_read() {
         return Ok(outcome(call.write(&store, cancel).await));
     }
@@ -264,7 +267,7 @@ pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> 
     if let Some(answer) = call.run_quick(&store) {
         return Ok(answer);
     }
-    tokio::task::spawn_blocking(move || crate::store::with_cancel(cancel, || call.run(&store)))
+    tokio::task::spawn_blocking(move || call.run(&store))
         .await
         .map_err(|e| RpcError::internal(format!("tool call panicked: {e}")))
 }

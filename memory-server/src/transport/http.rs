@@ -21,15 +21,17 @@ use serde_json::{Value, json};
 use super::guard::guard;
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
+use crate::project::ProjectPath;
 use crate::protocol::{
     Answer, Message, RequestId, RpcError, SESSION_VERSIONS, STATELESS_VERSION, error_response, parse_json, response,
     supported_version, version_allows_batch,
 };
-use crate::routing::{PROJECT_HEADER, ProjectPath, with_project};
+use crate::scope::with_project;
 use crate::session::{Session, StreamGuard};
 use crate::stateless::is_stateless;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const PROJECT_HEADER: &str = "mcp-project-path";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// MCP's error code for an unknown session (as the official SDKs send it).
 const SESSION_NOT_FOUND: i64 = -32001;
@@ -146,7 +148,7 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
 
 /// `initialize` creates a session and answers with its id in `Mcp-Session-Id`.
 fn initialize(st: &AppState, id: &RequestId, params: Option<&Value>, reply_as: ReplyFormat) -> Response {
-    match McpServer::initialize(params) {
+    match st.server.initialize(params) {
         Ok((result, version)) => {
             let session = st.server.sessions.create(version);
             let mut resp = reply_as.respond(StatusCode::OK, &response(id, result));

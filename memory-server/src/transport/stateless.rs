@@ -62,10 +62,10 @@ pub(super) async fn post(
             // that closes the stream aborts the request (the revision's cancellation).
             let server = st.server.clone();
             // A spawned task does not inherit the request's task-local project.
-            let project = crate::routing::current_project();
-            let task = AbortOnDrop(tokio::spawn(crate::routing::with_project(
+            let project = crate::scope::current_project();
+            let task = AbortOnDrop(tokio::spawn(crate::scope::with_project(
                 project,
-                stateless::cancellable(async move {
+                crate::scope::cancellable(async move {
                     let result = server.handle_stateless(&method, params).await;
                     reply(&id, result)
                 }),

@@ -9,8 +9,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::dispatch::McpServer;
+use crate::project::ProjectPath;
 use crate::protocol::{Answer, Message, RawJson, RequestId, error_response, parse_json, response};
-use crate::routing::{ProjectPath, with_project};
+use crate::scope::with_project;
 use crate::session::{Session, SessionRegistry};
 use crate::stateless::{self, LISTEN};
 
@@ -138,7 +139,7 @@ async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listen
         }
         Ok(Message::Request { id, method, params }) => {
             let result = if method == "initialize" {
-                McpServer::initialize(params.as_ref()).map(|(result, _)| result.into())
+                server.initialize(params.as_ref()).map(|(result, _)| result.into())
             } else {
                 server.handle(Some(session), &method, params).await
             };
