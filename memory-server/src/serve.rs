@@ -32,7 +32,12 @@ pub enum ServeError {
     Io(std::io::Error),
 }
 
-pub async fn serve(config: DaemonConfig) -> Result<(), ServeError> {
+/// File descriptors an open store takes: the writer, the probe and two idle readers
+/// (a database and a WAL file each), the shared-memory file, and one to spare.
+const FILES_PER_STORE: u64 = 10;
+
+pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
+    fit_to_file_limit(&mut config);
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     tokio::spawn(async move {
@@ -99,6 +104,35 @@ pub async fn serve(config: DaemonConfig) -> Result<(), ServeError> {
     server.router.registry().close_all().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one (as most servers do: the soft
+/// default of 1,024 is a relic), then makes sure the open stores fit in half of it,
+/// lowering `--max-open-stores` with a warning when they would not: a daemon that runs
+/// out of descriptors fails every project at once.
+fn fit_to_file_limit(config: &mut DaemonConfig) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit(2) with a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let fitting = usize::try_from(limit.rlim_cur / 2 / FILES_PER_STORE).unwrap_or(usize::MAX).max(1);
+    if config.stores.max_open > fitting {
+        tracing::warn!(
+            open_file_limit = limit.rlim_cur,
+            configured = config.stores.max_open,
+            max_open_stores = fitting,
+            "the open-file limit (ulimit -n) is too small for --max-open-stores; keeping fewer stores open"
+        );
+        config.stores.max_open = fitting;
+    }
 }
 
 /// Runs `f` every `period` until aborted.

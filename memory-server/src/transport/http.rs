@@ -238,6 +238,7 @@ async fn health(State(st): State<AppState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": st.server.uptime().as_secs(),
         "open_stores": st.server.router.registry().open_count(),
+        "max_open_stores": st.server.router.registry().limits().max_open,
         "live_sessions": st.server.sessions.len(),
         "listen_streams": st.server.listen_count(),
         "global_db": st.server.router.global_db().display().to_string(),
