@@ -211,13 +211,14 @@ async fn measure(ctx: &Ctx, rec: &mut Rec, systems: &[System]) -> Res<()> {
                     let g = Gen { kind: w.kind, n: w.n, tag: &tag, counter: &sy.counter };
                     let r = load::run(&ctx.client, &sy.url, &project, c, s.warmup, s.duration, &g).await;
                     eprintln!(
-                        "bench: {:<16} n={:<6} C={c} round {round} {:<5} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms{}",
+                        "bench: {:<16} n={:<6} C={c} round {round} {:<5} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms{}",
                         w.name,
                         w.n,
                         sy.kind.label(),
                         r.rps,
                         r.p50_ms,
                         r.p99_ms,
+                        r.max_ms,
                         if r.errors > 0 { format!("  {} errors", r.errors) } else { String::new() }
                     );
                     if let Some(e) = &r.first_error {
@@ -227,7 +228,7 @@ async fn measure(ctx: &Ctx, rec: &mut Rec, systems: &[System]) -> Res<()> {
                         "kind": "daemon", "workload": w.name, "entities": w.n, "writes": w.kind.writes(),
                         "system": sy.kind.label(), "clients": c, "round": round,
                         "requests": r.requests, "errors": r.errors, "secs": r.secs, "rps": r.rps,
-                        "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
+                        "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
                         "answer_bytes": r.answer_bytes, "floor_answer_bytes": sample.len(),
                         "first_error": r.first_error,
                     }));
@@ -276,12 +277,13 @@ pub async fn load_only(args: &crate::Args, url: &str) -> Res<()> {
     let duration = Duration::from_millis(args.duration_ms.unwrap_or(3000));
     let r = load::run(&client, url, &project, args.load_clients, warmup, duration, &g).await;
     println!(
-        "{name} C={}: {:.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  errors {}  {}",
+        "{name} C={}: {:.0} req/s  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms  errors {}  {}",
         args.load_clients,
         r.rps,
         r.p50_ms,
         r.p90_ms,
         r.p99_ms,
+        r.max_ms,
         r.errors,
         r.first_error.unwrap_or_default()
     );

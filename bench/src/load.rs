@@ -172,6 +172,7 @@ pub struct LoadResult {
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
+    pub max_ms: f64,
     pub answer_bytes: usize,
 }
 
@@ -270,6 +271,7 @@ pub async fn run(
         p50_ms: percentile(&all, 50.0),
         p90_ms: percentile(&all, 90.0),
         p99_ms: percentile(&all, 99.0),
+        max_ms: percentile(&all, 100.0),
         answer_bytes,
     }
 }

@@ -8,6 +8,7 @@ mod floor;
 mod load;
 mod proxy;
 mod report;
+mod soak;
 mod sys;
 
 use std::path::PathBuf;
@@ -36,10 +37,14 @@ pub struct Args {
     #[arg(long)]
     pub warmup_ms: Option<u64>,
     /// Run only these parts, comma-separated: daemon workload names (open_nodes, search_nodes,
-    /// read_graph, ping, search_scaling, create_entities, add_observations) and/or `proxy`.
+    /// read_graph, ping, search_scaling, create_entities, add_observations), `proxy` and/or
+    /// `soak` (one daemon for --soak-secs under a mixed load over 500 projects).
     /// For profiling one workload; the report then shows only what ran.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Length of the soak run (`--only soak`) in seconds (default 600; 3 with --quick).
+    #[arg(long)]
+    pub soak_secs: Option<u64>,
     /// Profiling aid: instead of the suite, drive the daemon at this `/mcp` URL with the
     /// first `--only` workload for `--duration-ms` (with `--load-project`, `--load-entities`,
     /// `--load-clients`) and print the figures; e.g. while `perf record` watches it.
@@ -69,6 +74,7 @@ pub struct Settings {
     pub spawn_starts: usize,
     /// `--only`: the parts to run (empty: all).
     pub only: Vec<String>,
+    pub soak: soak::SoakSettings,
 }
 
 impl Settings {
@@ -142,6 +148,7 @@ async fn run(args: Args) -> Result<(), String> {
         proxy_calls: if quick { 50 } else { 1_000 },
         spawn_starts: if quick { 1 } else { 10 },
         only: args.only,
+        soak: soak::SoakSettings::new(quick, args.soak_secs),
     };
     let root = sys::workspace_root();
     let command = std::iter::once("cargo run --release -p bench --".to_owned())
@@ -186,6 +193,9 @@ async fn run(args: Args) -> Result<(), String> {
         if ctx.s.runs("proxy") {
             proxy::run(&ctx, &mut rec).await?;
         }
+        if ctx.s.runs("soak") {
+            soak::run(&ctx, &mut rec, &ctx.s.soak).await?;
+        }
         Ok::<(), String>(())
     }
     .await;
@@ -211,7 +221,12 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let jsonl: String = rec.lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(out.join("results.jsonl"), jsonl).map_err(|e| e.to_string())?;
-    let (md, svg) = report::render(&info, &ctx.s, &rec.lines);
+    let (mut md, svg) = report::render(&info, &ctx.s, &rec.lines);
+    if let Some((section, chart)) = soak::report(&rec.lines, quick) {
+        md.push('\n');
+        md.push_str(&section);
+        std::fs::write(out.join("soak.svg"), chart).map_err(|e| e.to_string())?;
+    }
     std::fs::write(out.join("RESULTS.md"), md).map_err(|e| e.to_string())?;
     std::fs::write(out.join("ratios.svg"), svg).map_err(|e| e.to_string())?;
     eprintln!("bench: done in {:.0} s; wrote {}/RESULTS.md, results.jsonl, ratios.svg", info.secs, out.display());

@@ -217,8 +217,9 @@ pub fn render(info: &Info, s: &Settings, lines: &[Value]) -> (String, String) {
     ];
     for (w, n) in &workloads {
         let _ = writeln!(md, "### {w} ({n} entities)\n");
-        let _ = writeln!(md, "| C | system | req/s | p50 | p90 | p99 | vs Node | of floor | answer bytes | errors |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+        let _ =
+            writeln!(md, "| C | system | req/s | p50 | p90 | p99 | max | vs Node | of floor | answer bytes | errors |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
         for c in [1usize, 8] {
             for sys in ["node", "ours", "floor"] {
                 let rps = d.daemon(w, *n, c, sys, "rps");
@@ -234,11 +235,12 @@ pub fn render(info: &Info, s: &Settings, lines: &[Value]) -> (String, String) {
                 };
                 let _ = writeln!(
                     md,
-                    "| {c} | {sys} | {} | {} | {} | {} | {vs} | {of} | {} | {} |",
+                    "| {c} | {sys} | {} | {} | {} | {} | {} | {vs} | {of} | {} | {} |",
                     fmt_agg(rps),
                     fmt_agg(d.daemon(w, *n, c, sys, "p50_ms")),
                     fmt_agg(d.daemon(w, *n, c, sys, "p90_ms")),
                     fmt_agg(d.daemon(w, *n, c, sys, "p99_ms")),
+                    fmt_agg(d.daemon(w, *n, c, sys, "max_ms")),
                     d.daemon(w, *n, c, sys, "answer_bytes").map_or("–".into(), |a| format!("{:.0}", a.med)),
                     d.errors(w, *n, c, sys),
                 );
@@ -427,6 +429,27 @@ fn targets(d: &Data, s: &Settings) -> Vec<Target> {
         got: p99.join("; "),
         met: all_met,
     });
+    // Issue 15: no periodic work may stall writers.
+    for w in ["create_entities", "add_observations"] {
+        let (p50, p99, max) = (
+            d.daemon(w, n, 8, "ours", "p50_ms"),
+            d.daemon(w, n, 8, "ours", "p99_ms"),
+            d.daemon(w, n, 8, "ours", "max_ms"),
+        );
+        let r = p50.zip(p99).map(|(a, b)| b.med / a.med);
+        t.push(Target {
+            what: format!("{w} write tail, C=8 (ours)"),
+            want: "p99 ≤ 3x p50".into(),
+            got: format!(
+                "p99 {} ms = {}x p50 {} ms; max {} ms",
+                p99.map_or("–".into(), |a| fmt_num(a.med)),
+                r.map_or("–".into(), fmt_num),
+                p50.map_or("–".into(), |a| fmt_num(a.med)),
+                max.map_or("–".into(), |a| fmt_num(a.med))
+            ),
+            met: r.map(|r| r <= 3.0),
+        });
+    }
     for (phase, field, want, label) in [("idle", "rss_kib", 8.0, "idle"), ("end", "hwm_kib", 4.0, "peak")] {
         let (nd, o) = (d.rss(phase, "node", field), d.rss(phase, "ours", field));
         let r = nd.zip(o).map(|(nd, o)| nd / o);
