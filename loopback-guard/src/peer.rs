@@ -26,6 +26,8 @@ pub enum PeerError {
     Malformed { path: &'static str, line: usize, reason: &'static str },
     #[error("this system has no /proc/net/tcp to tell which user owns a connection")]
     Unsupported,
+    #[error("cannot read the connection's local address: {0}")]
+    LocalAddress(#[source] std::io::Error),
 }
 
 /// The uid owning the client end of a loopback connection whose client is at `peer` and
