@@ -24,7 +24,10 @@ pub async fn guard(State(config): State<Arc<DaemonConfig>>, req: Request, next: 
         let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|ConnectInfo(peer)| peer);
         if let Err(reason) = same_user(peer) {
             tracing::warn!(peer = ?peer.map(|p| p.addr), reason, "request refused");
-            return rpc_error_response(StatusCode::FORBIDDEN, None, &RpcError::invalid_request(reason));
+            let mut resp = rpc_error_response(StatusCode::FORBIDDEN, None, &RpcError::invalid_request(reason));
+            // Nothing more will be served on it: give its place under --max-connections back.
+            resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            return resp;
         }
     } else if let Some(token) = &config.token
         && !bearer_matches(req.headers(), token)

@@ -145,7 +145,11 @@ async fn guard(req: Request, next: Next) -> Response {
     let owner = req.extensions().get::<ConnectInfo<ApiPeer>>().map(|ConnectInfo(ApiPeer(owner))| owner);
     if let Err(refusal) = loopback_guard::peer::check_same_user(owner) {
         log(&format!("refused {} {}: {refusal}", req.method(), req.uri().path()));
-        return error(StatusCode::FORBIDDEN, format!("{refusal}. Each user runs their own mcp-manager (--port)."));
+        let mut resp =
+            error(StatusCode::FORBIDDEN, format!("{refusal}. Each user runs their own mcp-manager (--port)."));
+        // Nothing more will be served on it, so it is not kept open.
+        resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return resp;
     }
     next.run(req).await
 }
