@@ -663,27 +663,30 @@ async fn an_unwritable_project_falls_back_to_the_global_db_with_a_warning() {
     let project = env.project("read-only");
     std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o555)).unwrap();
     let root = is_root();
+    // Root writes through any mode: run the daemon as nobody, with a HOME it owns and a
+    // root-owned 0555 project it cannot write. Without a token it would serve only
+    // nobody, so this test (root) brings the token.
+    const TOKEN: &str = "unwritable-project-test";
     let daemon = if root {
-        // Root writes through any mode: run the daemon as nobody, with a HOME it owns and
-        // a root-owned 0555 project it cannot write.
         const NOBODY: u32 = 65534;
         std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         for dir in [env.home(), env.runtime()] {
             std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
         }
-        Daemon::start_with(&env, &[], |cmd| {
+        Daemon::start_with_token(&env, TOKEN, &[], |cmd| {
             use std::os::unix::process::CommandExt;
             cmd.uid(NOBODY).gid(NOBODY);
         })
     } else {
         Daemon::start(&env, &[])
     };
+    let client = |http: Http| if root { http.with_bearer(TOKEN) } else { http };
 
-    let http = Http::new(daemon.url()).with_project(&project);
+    let http = client(Http::new(daemon.url()).with_project(&project));
     let result = http.call_tool("create_entities", entities(&["homeless"])).await;
     assert_ne!(result["isError"], json!(true), "served from the global DB: {result}");
     assert_eq!(entity_names(&http.read_graph().await), ["homeless"]);
-    let global = Http::new(daemon.url());
+    let global = client(Http::new(daemon.url()));
     assert_eq!(entity_names(&global.read_graph().await), ["homeless"], "the write went to the global DB");
     assert!(!project.join(".claude").exists(), "nothing was created in the read-only project");
     assert_eq!(db_entity_names(&env.global_db()), ["homeless"]);

@@ -298,6 +298,16 @@ impl Http {
         self
     }
 
+    /// Sends `Authorization: Bearer <token>` with every request (a daemon started with
+    /// `--token`).
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {token}").parse().expect("the token is a valid header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.client = reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap();
+        self
+    }
+
     /// POSTs a raw body with the usual MCP headers plus `extra`.
     pub async fn post_raw(&self, body: impl Into<reqwest::Body>, extra: &[(&str, &str)]) -> Reply {
         let mut req = self
