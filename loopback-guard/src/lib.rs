@@ -1,9 +1,12 @@
 //! DNS-rebinding protection (the MCP transport's security warning) shared by the two
 //! HTTP servers of the workspace, memory-server and mcp-manager: a request whose `Host`
 //! is not a loopback name, or whose `Origin` is present and not a loopback origin, is
-//! refused. The error text says which header was wrong.
+//! refused. The error text says which header was wrong. [`peer`] tells which user a
+//! loopback connection belongs to, so a server without a token serves only its own user.
 
 use std::net::IpAddr;
+
+pub mod peer;
 
 use http::{HeaderMap, header};
 

@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::store::registry::StoreLimits;
 
 pub const DEFAULT_PORT: u16 = 3100;
+/// The most `--max-connections` accepts: the kernel's default ceiling on open files per
+/// process (`fs.nr_open`), so no larger value could ever be reached.
+pub const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,6 +110,9 @@ pub struct ServeArgs {
     /// Seconds a database may go unused before it is closed.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub store_idle_secs: u64,
+    /// Most connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -124,6 +130,7 @@ pub struct DaemonConfig {
     pub session_idle: Duration,
     pub max_body_bytes: usize,
     pub keep_alive: Duration,
+    pub max_connections: usize,
     pub global_db: PathBuf,
     pub stores: StoreLimits,
 }
@@ -141,6 +148,8 @@ pub enum ConfigError {
     NoHome,
     #[error("--session-idle-secs must be at least 1")]
     ZeroIdle,
+    #[error("--max-connections must be between 1 and {MAX_CONNECTIONS_CEILING}, not {0}")]
+    MaxConnections(usize),
 }
 
 impl DaemonConfig {
@@ -155,18 +164,28 @@ impl DaemonConfig {
         if args.session_idle_secs == 0 {
             return Err(ConfigError::ZeroIdle);
         }
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&args.max_connections) {
+            return Err(ConfigError::MaxConnections(args.max_connections));
+        }
         Ok(DaemonConfig {
             addr: SocketAddr::new(args.bind, args.port),
             token,
             session_idle: Duration::from_secs(args.session_idle_secs),
             max_body_bytes: args.max_body_bytes,
             keep_alive: Duration::from_millis(args.keep_alive_ms),
+            max_connections: args.max_connections,
             global_db: global_db_path()?,
             stores: StoreLimits {
                 max_open: usize::try_from(args.max_open_stores).unwrap_or(usize::MAX),
                 idle: Duration::from_secs(args.store_idle_secs),
             },
         })
+    }
+
+    /// Without a token (which a non-loopback bind requires) only the user the daemon runs
+    /// as is served: another uid could otherwise read and change this user's memory.
+    pub fn same_user_only(&self) -> bool {
+        self.token.is_none()
     }
 }
 
@@ -208,5 +227,24 @@ mod tests {
         assert!(matches!(DaemonConfig::from_args(&a), Err(ConfigError::PublicWithoutToken(_))));
         a.token = Some("secret".into());
         assert!(DaemonConfig::from_args(&a).is_ok());
+    }
+
+    #[test]
+    fn max_connections_defaults_to_1024_and_is_bounded() {
+        assert_eq!(serve(&[]).max_connections, 1024);
+        assert_eq!(DaemonConfig::from_args(&serve(&["--max-connections", "2"])).unwrap().max_connections, 2);
+        for bad in ["0", "1048577"] {
+            let err = DaemonConfig::from_args(&serve(&["--max-connections", bad])).unwrap_err();
+            assert!(matches!(err, ConfigError::MaxConnections(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_a_token_lets_other_users_in() {
+        let mut a = serve(&[]);
+        a.token = None; // MEMORY_SERVER_TOKEN may be set where the tests run
+        assert!(DaemonConfig::from_args(&a).unwrap().same_user_only());
+        a.token = Some("secret".into());
+        assert!(!DaemonConfig::from_args(&a).unwrap().same_user_only());
     }
 }

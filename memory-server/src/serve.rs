@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use loopback_guard::peer::ProbeError;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -13,6 +13,7 @@ use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
 use crate::routing::Router;
 use crate::transport::http::{AppState, app};
+use crate::transport::listener::{ConnectionListener, Peer};
 
 /// How long in-flight requests may take after SIGTERM before the daemon exits anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,6 +27,12 @@ pub enum ServeError {
     PortInUse { ip: std::net::IpAddr, port: u16 },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot tell which user a connection comes from on this system ({0}); without a token this daemon \
+         serves only its own user, so start it with --token T (or MEMORY_SERVER_TOKEN) and give the token \
+         to your clients"
+    )]
+    CannotTellUsers(ProbeError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("server failed: {0}")]
@@ -46,10 +53,15 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
         }
     });
 
+    if config.same_user_only() {
+        loopback_guard::peer::probe(config.addr.ip()).map_err(ServeError::CannotTellUsers)?;
+    }
     let listener = TcpListener::bind(config.addr).await.map_err(|source| match source.kind() {
         std::io::ErrorKind::AddrInUse => ServeError::PortInUse { ip: config.addr.ip(), port: config.addr.port() },
         _ => ServeError::Bind { addr: config.addr, source },
     })?;
+    let listener = ConnectionListener::new(listener, config.max_connections, config.same_user_only())
+        .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
 
     let router = Router::new(config.global_db.clone(), config.stores);
     let server = Arc::new(McpServer::new(router, config.session_idle));
@@ -64,6 +76,10 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
         }),
     ];
     tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on http://{}/mcp", config.addr);
+    if config.same_user_only() {
+        let uid = loopback_guard::peer::own_uid();
+        tracing::info!("no --token: serving only uid {uid}, the user this daemon runs as");
+    }
 
     let state = AppState { server: server.clone(), config: Arc::new(config) };
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -78,14 +94,8 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
             let _ = drain_tx.send(());
         }
     };
-    // No Nagle delay: an answer sent in parts (head, shared cached result, closing
-    // brace) must not wait for the client's delayed ACK before its last byte.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let serving = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown);
+    let service = app(state).into_make_service_with_connect_info::<Peer>();
+    let serving = axum::serve(listener, service).with_graceful_shutdown(shutdown);
     tokio::select! {
         result = serving => result.map_err(ServeError::Io)?,
         () = async {
@@ -107,9 +117,10 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
 }
 
 /// Raises the soft limit on open files to the hard one (as most servers do: the soft
-/// default of 1,024 is a relic), then makes sure the open stores fit in half of it,
-/// lowering `--max-open-stores` with a warning when they would not: a daemon that runs
-/// out of descriptors fails every project at once.
+/// default of 1,024 is a relic), then makes sure the open stores fit in half of it and
+/// the connections in a quarter, lowering `--max-open-stores` or `--max-connections`
+/// with a warning when they would not: a daemon that runs out of descriptors fails
+/// every project at once.
 fn fit_to_file_limit(config: &mut DaemonConfig) {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit(2) with a valid pointer to an rlimit.
@@ -132,6 +143,16 @@ fn fit_to_file_limit(config: &mut DaemonConfig) {
             "the open-file limit (ulimit -n) is too small for --max-open-stores; keeping fewer stores open"
         );
         config.stores.max_open = fitting;
+    }
+    let connections = usize::try_from(limit.rlim_cur / 4).unwrap_or(usize::MAX).max(1);
+    if config.max_connections > connections {
+        tracing::warn!(
+            open_file_limit = limit.rlim_cur,
+            configured = config.max_connections,
+            max_connections = connections,
+            "the open-file limit (ulimit -n) is too small for --max-connections; accepting fewer at once"
+        );
+        config.max_connections = connections;
     }
 }
 

@@ -39,3 +39,16 @@ fn version_flag() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn max_connections_out_of_range_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--port", "0", "--max-connections", "0"])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim(), "memory-server: --max-connections must be between 1 and 1048576, not 0");
+}

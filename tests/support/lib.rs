@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod curl;
 pub mod node;
 pub mod python;
 pub mod rmcp_client;

@@ -66,6 +66,11 @@ pub enum StoreError {
          created ({reason}); the write was not saved"
     )]
     Lost { path: PathBuf, reason: String },
+    #[error(
+        "{path}: all {max_open} open project databases stayed in use for 30 s, so this one could not be \
+         opened; try again, or raise --max-open-stores"
+    )]
+    Busy { path: PathBuf, max_open: usize },
     #[error(transparent)]
     Graph(GraphError),
 }

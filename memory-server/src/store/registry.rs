@@ -51,6 +51,9 @@ struct Slot {
 
 static USES: AtomicU64 = AtomicU64::new(0);
 
+/// How long a request waits for a place among the open stores when all are in use.
+const ROOM_WAIT: Duration = Duration::from_secs(30);
+
 impl Default for StoreRegistry {
     fn default() -> Self {
         Self::new(StoreLimits::default())
@@ -87,7 +90,7 @@ impl StoreRegistry {
         let opened = slot
             .store
             .get_or_try_init(|| async {
-                self.make_room();
+                self.make_room(file).await?;
                 let changes = self.channel(file);
                 let to_open = file.clone();
                 let opened = tokio::task::spawn_blocking(move || Store::open_with(&to_open, changes))
@@ -137,27 +140,30 @@ impl StoreRegistry {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Takes a place for a store about to open, closing the least recently used idle
-    /// store when all are taken. When every open store is in use by a request at this
-    /// moment, the limit is exceeded rather than the request failed (logged); it is
-    /// restored as those requests end.
-    fn make_room(&self) {
+    /// Takes a place for a store about to open, closing the least recently used store
+    /// nobody is using when all are taken. When every open store is in use (requests in
+    /// flight, a commit finishing), waits for one to be released: the limit holds, and a
+    /// request waits its turn rather than the daemon running out of files. A request
+    /// that cannot get a place within [`ROOM_WAIT`] fails with an error naming the limit.
+    async fn make_room(&self, file: &DbFile) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
         loop {
             let n = self.occupied.load(Ordering::SeqCst);
             if n < self.limits.max_open {
                 if self.occupied.compare_exchange(n, n + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
-            if !self.evict_least_recently_used() {
-                tracing::warn!(
-                    max_open_stores = self.limits.max_open,
-                    "every open store is in use; opening one more than --max-open-stores"
-                );
-                self.occupied.fetch_add(1, Ordering::SeqCst);
-                return;
+            if self.evict_least_recently_used() {
+                continue;
             }
+            if started.elapsed() > ROOM_WAIT {
+                return Err(StoreError::Busy { path: file.path().to_owned(), max_open: self.limits.max_open });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 

@@ -4,5 +4,6 @@
 
 pub mod guard;
 pub mod http;
+pub mod listener;
 mod stateless;
 pub mod stdio;

@@ -2,18 +2,22 @@
 //! `POST /start|/stop|/ensure {"name"}`, `POST /start-all`, `POST /stop-all`; and the
 //! small client the CLI and nothing else uses to reach it. Errors are `{"error": ...}`
 //! with 404 for unknown daemons, 400 for malformed bodies and 403 for foreign
-//! `Host`/`Origin` headers (DNS-rebinding protection, the same rules as the daemon's).
+//! `Host`/`Origin` headers (DNS-rebinding protection, the same rules as the daemon's) and
+//! for connections of any user but the one the manager runs as (it has no token).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use loopback_guard::peer::{Owner, PeerError, ProbeError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,6 +56,11 @@ pub enum ServeError {
     PortInUse { port: u16 },
     #[error("cannot listen on 127.0.0.1:{port}: {source}")]
     Bind { port: u16, source: std::io::Error },
+    #[error(
+        "cannot tell which user a connection comes from on this system ({0}); the API would be open to every \
+         user, so `serve` does not start here (the other commands work without it)"
+    )]
+    CannotTellUsers(ProbeError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("serving failed: {0}")]
@@ -62,6 +71,7 @@ pub enum ServeError {
 /// and serves until SIGTERM or SIGINT. Daemons keep running after the manager exits.
 pub async fn serve(manager: Arc<Manager>, port: u16, start_all: bool) -> Result<(), ServeError> {
     use tokio::signal::unix::{SignalKind, signal};
+    loopback_guard::peer::probe(std::net::Ipv4Addr::LOCALHOST.into()).map_err(ServeError::CannotTellUsers)?;
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -96,7 +106,22 @@ pub async fn serve(manager: Arc<Manager>, port: u16, start_all: bool) -> Result<
             _ = sigint.recv() => log("SIGINT: exiting (daemons keep running)"),
         }
     };
-    axum::serve(listener, router(manager, port)).with_graceful_shutdown(shutdown).await.map_err(ServeError::Io)
+    let service = router(manager, port).into_make_service_with_connect_info::<ApiPeer>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await.map_err(ServeError::Io)
+}
+
+/// The user behind an API connection, looked up once when it is accepted.
+#[derive(Clone)]
+struct ApiPeer(Owner);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for ApiPeer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        let peer = *stream.remote_addr();
+        ApiPeer(match stream.io().local_addr() {
+            Ok(local) => Owner::of(peer, local),
+            Err(e) => Owner::Unknown(Arc::new(PeerError::LocalAddress(e))),
+        })
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -116,6 +141,15 @@ async fn guard(req: Request, next: Next) -> Response {
     if let Err(reason) = loopback_guard::check_host_and_origin(req.headers(), None) {
         log(&format!("refused {} {}: {reason}", req.method(), req.uri().path()));
         return error(StatusCode::FORBIDDEN, reason);
+    }
+    let owner = req.extensions().get::<ConnectInfo<ApiPeer>>().map(|ConnectInfo(ApiPeer(owner))| owner);
+    if let Err(refusal) = loopback_guard::peer::check_same_user(owner) {
+        log(&format!("refused {} {}: {refusal}", req.method(), req.uri().path()));
+        let mut resp =
+            error(StatusCode::FORBIDDEN, format!("{refusal}. Each user runs their own mcp-manager (--port)."));
+        // Nothing more will be served on it, so it is not kept open.
+        resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return resp;
     }
     next.run(req).await
 }
