@@ -73,11 +73,13 @@ impl Queue {
         true
     }
 
-    /// Up to [`MAX_BATCH`] queued jobs, oldest first; an empty batch ends the combiner's turn.
-    pub(super) fn take_batch(queue: &Mutex<Queue>) -> Vec<Job> {
+    /// Up to [`MAX_BATCH`] queued jobs, oldest first. An empty batch ends the combiner's
+    /// turn, unless `keep_turn` (the combiner has work of its own for the idle moment:
+    /// writers arriving meanwhile queue for it rather than start a combiner).
+    pub(super) fn take_batch(queue: &Mutex<Queue>, keep_turn: bool) -> Vec<Job> {
         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
         let n = q.jobs.len().min(MAX_BATCH);
-        if n == 0 {
+        if n == 0 && !keep_turn {
             q.combining = false;
         }
         q.jobs.drain(..n).collect()

@@ -212,6 +212,59 @@ pub fn repair_search_index(conn: &Connection) -> Result<(), GraphError> {
     Ok(())
 }
 
+/// Re-indexes at most `limit` noted rows of each kind (the oldest first) and forgets
+/// their notes; returns how many rows were taken. For the writers' idle moments: a
+/// bounded piece of indexing never holds the write lock for long, where the whole
+/// backlog of a busy minute would (see `Store::combine`). Run in a write transaction.
+pub fn repair_search_index_chunk(conn: &Connection, limit: usize) -> Result<usize, GraphError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut taken = 0;
+    for sql in [
+        "DELETE FROM entity_fts WHERE rowid IN
+             (SELECT id FROM (SELECT id FROM search_stale WHERE kind = 'entity' ORDER BY id LIMIT ?1)
+               WHERE id IN (SELECT id FROM entity_fts_docsize))",
+        "INSERT INTO entity_fts(rowid, name, entity_type)
+             SELECT rowid, lower(name), lower(entity_type) FROM entities WHERE rowid IN
+             (SELECT id FROM search_stale WHERE kind = 'entity' ORDER BY id LIMIT ?1)",
+        "DELETE FROM observation_fts WHERE rowid IN
+             (SELECT id FROM (SELECT id FROM search_stale WHERE kind = 'observation' ORDER BY id LIMIT ?1)
+               WHERE id IN (SELECT id FROM observation_fts_docsize))",
+        "INSERT INTO observation_fts(rowid, content)
+             SELECT id, lower(content) FROM observations WHERE id IN
+             (SELECT id FROM search_stale WHERE kind = 'observation' ORDER BY id LIMIT ?1)",
+    ] {
+        conn.prepare_cached(sql)?.execute([limit])?;
+    }
+    for kind in ["entity", "observation"] {
+        let mut forget = conn.prepare_cached(
+            "DELETE FROM search_stale WHERE kind = ?1 AND id IN
+                 (SELECT id FROM search_stale WHERE kind = ?1 ORDER BY id LIMIT ?2)",
+        )?;
+        taken += forget.execute(rusqlite::params![kind, limit])?;
+    }
+    Ok(taken)
+}
+
+/// One bounded step of merging the search index's segments: at most about `pages`
+/// pages of merge work per index, on levels with enough segments to be worth it (FTS5's
+/// `usermerge`). Returns whether there was any work (none: the index is merged enough).
+/// Automatic merging is off (`migrations/0005_incremental_search_merge.sql`): it did
+/// its work in large quanta inside whichever write crossed a threshold. Run in a write
+/// transaction.
+pub fn merge_search_index_step(conn: &Connection, pages: u32) -> Result<bool, GraphError> {
+    let mut worked = false;
+    for sql in [
+        "INSERT INTO entity_fts(entity_fts, rank) VALUES ('merge', ?1)",
+        "INSERT INTO observation_fts(observation_fts, rank) VALUES ('merge', ?1)",
+    ] {
+        let before = conn.total_changes();
+        conn.prepare_cached(sql)?.execute([pages])?;
+        // The command itself counts one change; a merge that wrote segments, more.
+        worked |= conn.total_changes() - before > 1;
+    }
+    Ok(worked)
+}
+
 /// The FTS5 phrase query for the lower-cased `needle`, or `None` when the trigram index
 /// cannot answer it and the caller must scan.
 ///

@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_deferred_search_index.sql",
         sql: include_str!("../../../migrations/0004_deferred_search_index.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_incremental_search_merge.sql",
+        sql: include_str!("../../../migrations/0005_incremental_search_merge.sql"),
+    },
 ];
 
 pub fn latest_version() -> u32 {

@@ -241,29 +241,33 @@ fn a_quick_search_over_stale_rows_repairs_them_off_the_async_worker() {
     assert!(!store.read(graph::search_index_is_stale).unwrap());
 }
 
-/// A write only notes its rows for the search index; the combiner indexes them on its
-/// own every `BATCHES_PER_INDEX_UPDATE` batches, so few ever wait for a search. The
-/// notes commit with the rows, so rows written before a crash or restart are still
-/// indexed before the next search.
+/// A write only notes its rows for the search index; the combiner indexes them in the
+/// writers' next idle moment, a bounded piece at a time, so few ever wait for a search.
+/// The notes commit with the rows, so rows noted before a crash are still indexed
+/// before the next search.
 #[test]
-fn written_rows_are_indexed_in_batches_and_survive_a_restart() {
+fn written_rows_are_indexed_when_writers_pause_and_notes_survive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.db");
     let store = Store::open(&path).unwrap();
-    for i in 0..super::writer::BATCHES_PER_INDEX_UPDATE - 1 {
+    for i in 0..100 {
         let e = [entity(&format!("batch-{i}"), "t", &["noted"])];
         store.write(move |c| graph::create_entities(c, &e)).unwrap();
     }
-    assert!(store.read(graph::search_index_is_stale).unwrap(), "noted, not indexed yet");
-    let e = [entity("batch-last", "t", &["noted"])];
-    store.write(move |c| graph::create_entities(c, &e)).unwrap();
     assert!(!store.read(graph::search_index_is_stale).unwrap(), "indexed by the combiner");
-    let indexed = store.read(|c| graph::search_nodes(c, "batch-")).unwrap().entities.len();
-    assert_eq!(indexed, super::writer::BATCHES_PER_INDEX_UPDATE as usize);
-
-    let e = [entity("after-restart", "t", &["noted before the restart"])];
-    store.write(move |c| graph::create_entities(c, &e)).unwrap();
+    assert_eq!(store.read(|c| graph::search_nodes(c, "batch-")).unwrap().entities.len(), 100);
     drop(store);
+
+    // A crash between a commit and its indexing leaves only notes behind: a write made
+    // like ours, without anyone indexing it afterwards.
+    let crashed = super::readers::open_reader(&path).unwrap();
+    crashed
+        .execute_batch(
+            "INSERT INTO entities (name, entity_type) VALUES ('after-restart', 't');
+             INSERT INTO observations (entity_name, content) VALUES ('after-restart', 'noted before the restart');",
+        )
+        .unwrap();
+    drop(crashed);
     let store = Store::open(&path).unwrap();
     assert!(store.read(graph::search_index_is_stale).unwrap());
     let call = crate::tools::ToolCall::SearchNodes("before the RESTART".into());
@@ -682,4 +686,37 @@ fn reads_run_a_constant_number_of_statements() {
         );
         assert!(small_top <= *max, "{what}: {small_top} statements");
     }
+}
+
+/// Merging the search index in bounded steps: many small indexing transactions leave
+/// segments to merge, each step reports work until none is left, and searches find the
+/// same rows before and after.
+#[test]
+fn the_search_index_merges_in_bounded_steps() {
+    let (_dir, store) = open_store();
+    // Sixty one-row segments, indexed on a connection of our own (the store would merge
+    // them in its idle moments).
+    let mut conn = super::readers::open_reader(store.path()).unwrap();
+    for i in 0..60 {
+        let tx = conn.transaction().unwrap();
+        tx.execute("INSERT INTO entities (name, entity_type) VALUES (?1, 't')", [format!("segment-{i}")]).unwrap();
+        graph::repair_search_index_chunk(&tx, 32).unwrap();
+        tx.commit().unwrap();
+    }
+    let before = store.read(|c| graph::search_nodes(c, "segment-4")).unwrap();
+    assert_eq!(before.entities.len(), 11);
+    let mut steps = 0;
+    loop {
+        let tx = conn.transaction().unwrap();
+        let worked = graph::merge_search_index_step(&tx, 16).unwrap();
+        tx.commit().unwrap();
+        if !worked {
+            break;
+        }
+        steps += 1;
+        assert!(steps < 1_000, "merging never finished");
+    }
+    assert!(steps > 0, "sixty one-row segments were worth merging");
+    assert_eq!(store.read(|c| graph::search_nodes(c, "segment-4")).unwrap(), before);
+    assert_search_matches_scan(&store, "segment-5");
 }

@@ -4,7 +4,7 @@
 //! (a check that the file is still ours, change notices, cache invalidation, and the
 //! periodic checkpoint and index update handed to `maintenance`).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,10 +12,19 @@ use rusqlite::Connection;
 
 use super::{BUSY_TIMEOUT, GraphError, Store, StoreError, commit, graph};
 
-/// Committed write batches after which the combiner queues a search-index update of its
-/// own, so the rows waiting for the next search stay few (a search updates the index
-/// first when any wait): at one write per batch, about 0.3 ms of indexing every 32
-/// writes instead of about 70 µs in each.
+/// Rows of each kind one piece of background indexing takes at most: about 16 µs a row,
+/// so a writer that arrives meanwhile waits half a millisecond at worst. Indexing the
+/// backlog of 32 busy batches at once (hundreds of rows) stalled the writers behind it
+/// for up to 10 ms, the daemon's whole write tail.
+const INDEX_CHUNK_ROWS: usize = 32;
+
+/// Pages of segment merging one idle step does at most (see
+/// `graph::merge_search_index_step`).
+const MERGE_STEP_PAGES: u32 = 16;
+
+/// Committed write batches without an idle moment after which the combiner queues a
+/// piece of indexing anyway (writers that never pause), so the rows waiting for the
+/// next search stay few (a search updates the whole index first when any wait).
 pub(super) const BATCHES_PER_INDEX_UPDATE: u32 = 32;
 
 /// Committed write batches after which remembered trigram counts are forgotten, so
@@ -42,6 +51,19 @@ pub(super) struct Writer {
     since_checkpoint: AtomicU32,
     since_index: AtomicU32,
     since_recount: AtomicU32,
+    /// Written rows may wait for the search index (set by every commit that changed
+    /// rows, cleared when a piece of indexing finds the backlog gone).
+    index_behind: AtomicBool,
+    /// The search index may hold segments worth merging (set by indexing, cleared when
+    /// a merge step finds nothing to do).
+    merge_behind: AtomicBool,
+}
+
+/// Work the combiner does when the writers' queue is empty.
+#[derive(Clone, Copy)]
+enum IdleWork {
+    Index,
+    Merge,
 }
 
 impl Writer {
@@ -53,6 +75,8 @@ impl Writer {
             since_checkpoint: AtomicU32::new(0),
             since_index: AtomicU32::new(0),
             since_recount: AtomicU32::new(0),
+            index_behind: AtomicBool::new(false),
+            merge_behind: AtomicBool::new(true),
         }
     }
 
@@ -198,13 +222,21 @@ impl Store {
         (job, slot, outcome)
     }
 
-    /// Runs queued batches until the queue is empty (see `commit`).
+    /// Runs queued batches until the queue is empty (see `commit`). In the moments the
+    /// queue is empty it keeps the search index current a bounded step at a time
+    /// (indexing written rows, then merging segments), so writers arriving meanwhile
+    /// wait for one small step at most and searches rarely find work left.
     fn combine(&self) {
         let _unwinding = commit::ReleaseOnPanic(&self.writer.queue);
         loop {
-            let batch = commit::Queue::take_batch(&self.writer.queue);
+            let idle = self.idle_work();
+            let batch = commit::Queue::take_batch(&self.writer.queue, idle.is_some());
             if batch.is_empty() {
-                return;
+                match idle {
+                    Some(work) => self.run_idle_work(work),
+                    None => return,
+                }
+                continue;
             }
             let mut conn = self.writer.lock();
             let mut reopens = 0;
@@ -231,20 +263,57 @@ impl Store {
         }
     }
 
+    fn idle_work(&self) -> Option<IdleWork> {
+        if self.writer.index_behind.load(Ordering::SeqCst) {
+            Some(IdleWork::Index)
+        } else if self.writer.merge_behind.load(Ordering::SeqCst) {
+            Some(IdleWork::Merge)
+        } else {
+            None
+        }
+    }
+
+    /// One bounded step of search-index upkeep, as its own transaction.
+    fn run_idle_work(&self, work: IdleWork) {
+        self.writer.since_index.store(0, Ordering::Relaxed);
+        let (job, amount) = match work {
+            IdleWork::Index => index_chunk_job(),
+            IdleWork::Merge => merge_step_job(),
+        };
+        let mut conn = self.writer.lock();
+        commit::run_batch(&mut conn, vec![job], &mut |_| commit::FileCheck::Current);
+        drop(conn);
+        let amount = amount.load(Ordering::SeqCst);
+        match work {
+            IdleWork::Index => {
+                if amount < INDEX_CHUNK_ROWS {
+                    self.writer.index_behind.store(false, Ordering::SeqCst);
+                }
+                if amount > 0 {
+                    self.writer.merge_behind.store(true, Ordering::SeqCst);
+                }
+            }
+            IdleWork::Merge if amount == 0 => self.writer.merge_behind.store(false, Ordering::SeqCst),
+            IdleWork::Merge => {}
+        }
+    }
+
     /// Bookkeeping after a committed batch that changed the graph, by whoever holds the
     /// combiner's turn: notices, cached answers, the periodic checkpoint and index
     /// update (queued for the holder of the turn to run) and the search statistics.
     fn after_commit(&self) {
         self.writer.committed.fetch_add(1, Ordering::SeqCst);
+        self.writer.index_behind.store(true, Ordering::SeqCst);
         self.readers.forget_cached();
         self.announce();
         if tick(&self.writer.since_checkpoint, BATCHES_PER_CHECKPOINT) {
             self.checkpoint_in_background();
         }
         if tick(&self.writer.since_index, BATCHES_PER_INDEX_UPDATE) {
-            // Nobody waits for it: the writers of this batch have their answers, and the
-            // holder of the turn runs it with whatever is queued next.
-            let (job, _unheard) = index_update_job();
+            // Writers never paused for 32 batches. Nobody waits for this piece: the
+            // writers of this batch have their answers, and the holder of the turn runs
+            // it with whatever is queued next.
+            let (job, _taken) = index_chunk_job();
             commit::Queue::push(&self.writer.queue, job);
         }
         if tick(&self.writer.since_recount, BATCHES_PER_RECOUNT) {
@@ -316,6 +385,28 @@ impl Store {
 /// A search-index update as a derived job (see `commit::Job::derived`).
 fn index_update_job() -> (commit::Job, tokio::sync::oneshot::Receiver<Result<(), commit::Failure>>) {
     commit::Job::derived(Box::new(update_search_index))
+}
+
+/// A bounded merge step as a derived job, and where it leaves 1 when it found work.
+fn merge_step_job() -> (commit::Job, Arc<AtomicUsize>) {
+    let worked = Arc::new(AtomicUsize::new(0));
+    let out = worked.clone();
+    let work = Box::new(move |conn: &Connection| {
+        out.store(usize::from(graph::merge_search_index_step(conn, MERGE_STEP_PAGES)?), Ordering::SeqCst);
+        Ok(())
+    });
+    (commit::Job::derived(work).0, worked)
+}
+
+/// A bounded piece of indexing as a derived job, and where it leaves how many rows it took.
+fn index_chunk_job() -> (commit::Job, Arc<AtomicUsize>) {
+    let taken = Arc::new(AtomicUsize::new(0));
+    let out = taken.clone();
+    let work = Box::new(move |conn: &Connection| {
+        out.store(graph::repair_search_index_chunk(conn, INDEX_CHUNK_ROWS)?, Ordering::SeqCst);
+        Ok(())
+    });
+    (commit::Job::derived(work).0, taken)
 }
 
 /// The combiner's own search-index update: skips the write when nothing waits.
