@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub const DEFAULT_PORT: u16 = 3100;
+const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,12 +93,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 3600)]
     pub session_idle_secs: u64,
     /// Largest accepted request body; larger ones get 413.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Milliseconds between keep-alive comments on open event streams (the session GET
     /// stream and `subscriptions/listen`).
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_alive_ms: u64,
+    #[command(flatten)]
+    pub batch: BatchArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -105,6 +108,23 @@ pub struct StdioArgs {
     /// Project directory whose `.claude/memory.db` to use (default: the global DB).
     #[arg(long)]
     pub project: Option<String>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Longest accepted line in bytes; a longer one gets -32600 and is skipped unread.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+/// Options of both transports.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// Messages a JSON-RPC batch may hold; a larger batch gets one -32600 error and none of it runs.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
+    pub max_batch: usize,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Everything `serve` needs, validated.
@@ -116,6 +136,7 @@ pub struct DaemonConfig {
     pub max_body_bytes: usize,
     pub keep_alive: Duration,
     pub global_db: PathBuf,
+    pub max_batch: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +173,7 @@ impl DaemonConfig {
             max_body_bytes: args.max_body_bytes,
             keep_alive: Duration::from_millis(args.keep_alive_ms),
             global_db: global_db_path()?,
+            max_batch: args.batch.max_batch,
         })
     }
 }

@@ -7,11 +7,12 @@ use clap::Parser;
 use std::path::PathBuf;
 
 use memory_server::config::{
-    BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, global_db_path,
+    BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, StdioArgs, global_db_path,
 };
 use memory_server::dispatch::McpServer;
 use memory_server::routing::{ProjectPath, Router};
 use memory_server::store::Store;
+use memory_server::transport::stdio::StdioLimits;
 use memory_server::{serve, transfer, transport};
 
 fn main() -> ExitCode {
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => runtime.block_on(run_serve(&cli.serve)),
         Some(CommandArgs::Serve(args)) => runtime.block_on(run_serve(&args)),
-        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(args.project.as_deref())),
+        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(&args)),
         Some(CommandArgs::Import(args)) => run_import(&args),
         Some(CommandArgs::Export(args)) => run_export(&args),
         Some(CommandArgs::Backup(args)) => run_backup(&args),
@@ -40,11 +41,13 @@ async fn run_serve(args: &memory_server::config::ServeArgs) -> Result<(), String
     serve::serve(config).await.map_err(|e| e.to_string())
 }
 
-async fn run_stdio(project: Option<&str>) -> Result<(), String> {
-    let project = project.map(ProjectPath::from_dir).transpose().map_err(|e| format!("--project: {e}"))?;
+async fn run_stdio(args: &StdioArgs) -> Result<(), String> {
+    let project =
+        args.project.as_deref().map(ProjectPath::from_dir).transpose().map_err(|e| format!("--project: {e}"))?;
     let global = global_db_path().map_err(|e| e.to_string())?;
     let server = Arc::new(McpServer::new(Router::new(global), std::time::Duration::from_secs(3600)));
-    transport::stdio::run(server, project).await.map_err(|e| format!("stdio: {e}"))
+    let limits = StdioLimits { max_batch: args.batch.max_batch, max_line_bytes: args.max_body_bytes };
+    transport::stdio::run(server, project, limits).await.map_err(|e| format!("stdio: {e}"))
 }
 
 fn transfer_db(choice: &DbChoice) -> Result<PathBuf, String> {

@@ -14,7 +14,7 @@ use futures_util::stream::{self, Stream};
 use serde_json::Value;
 
 use super::http::{AppState, ReplyFormat, VERSION_HEADER, accepts, rpc_error_response};
-use crate::protocol::{Answer, Message, RequestId, RpcError, error_response, meta_version, response};
+use crate::protocol::{Answer, Incoming, Message, RequestId, RpcError, error_response, meta_version, response};
 use crate::stateless::{self, LISTEN, Listener};
 
 pub const METHOD_HEADER: &str = "mcp-method";
@@ -24,17 +24,17 @@ pub const NAME_HEADER: &str = "mcp-name";
 pub(super) async fn post(
     st: &AppState,
     headers: &HeaderMap,
-    parsed: Result<Value, RpcError>,
+    parsed: Result<Incoming, RpcError>,
     reply_as: ReplyFormat,
 ) -> Response {
     let value = match parsed {
-        Ok(v) => v,
+        Ok(Incoming::Single(v)) => v,
+        Ok(Incoming::Batch(_)) => {
+            let e = RpcError::invalid_request("Invalid request: protocol version 2026-07-28 does not allow batches");
+            return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
+        }
         Err(e) => return rpc_error_response(StatusCode::BAD_REQUEST, None, &e),
     };
-    if value.is_array() {
-        let e = RpcError::invalid_request("Invalid request: protocol version 2026-07-28 does not allow batches");
-        return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
-    }
     let (id, method, params) = match Message::from_value(value) {
         Err((id, e)) => return rpc_error_response(StatusCode::BAD_REQUEST, id.as_ref(), &e),
         Ok(Message::Request { id, method, params }) => (id, method, params),
