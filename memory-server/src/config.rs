@@ -101,6 +101,9 @@ pub struct ServeArgs {
     pub keep_alive_ms: u64,
     #[command(flatten)]
     pub batch: BatchArgs,
+    /// Open event streams (session GET streams and `subscriptions/listen`) at most; more get 503.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,6 +140,7 @@ pub struct DaemonConfig {
     pub keep_alive: Duration,
     pub global_db: PathBuf,
     pub max_batch: usize,
+    pub max_streams: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +178,7 @@ impl DaemonConfig {
             keep_alive: Duration::from_millis(args.keep_alive_ms),
             global_db: global_db_path()?,
             max_batch: args.batch.max_batch,
+            max_streams: args.max_streams,
         })
     }
 }

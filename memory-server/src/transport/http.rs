@@ -23,12 +23,13 @@ use super::guard::guard;
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
 use crate::protocol::{
-    Answer, Incoming, Message, RequestId, RpcError, SESSION_VERSIONS, SHARED_RESULT_MIN, STATELESS_VERSION,
+    Answer, Incoming, Message, RequestId, RpcError, SESSION_VERSIONS, SHARED_RESULT_MIN, STATELESS_VERSION, code,
     error_response, parse_json, response, supported_version, version_allows_batch,
 };
 use crate::routing::{PROJECT_HEADER, ProjectPath, current_project, with_project};
 use crate::session::{Session, StreamGuard};
 use crate::stateless::is_stateless;
+use crate::streams::{StreamKind, StreamPermit, TooManyStreams};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -244,15 +245,21 @@ async fn get_mcp(State(st): State<AppState>, headers: HeaderMap) -> Response {
         }
         Err(resp) => return resp,
     };
-    Sse::new(event_stream(session.open_stream()))
+    let permit = match st.server.streams.open(StreamKind::Session, st.config.max_streams) {
+        Ok(permit) => permit,
+        Err(e) => return too_many_streams(None, &e),
+    };
+    Sse::new(event_stream(session.open_stream(), permit))
         .keep_alive(KeepAlive::new().interval(st.config.keep_alive))
         .into_response()
 }
 
-fn event_stream(guard: StreamGuard) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(guard, |mut guard| async move {
+/// The session's messages until its sender goes (session deleted or expired, shutdown,
+/// a newer GET stream) or the client does; the permit goes with the stream.
+fn event_stream(guard: StreamGuard, permit: StreamPermit) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold((guard, permit), |(mut guard, permit)| async move {
         let message = guard.rx.recv().await?;
-        Some((Ok(Event::default().event("message").data(message.to_string())), guard))
+        Some((Ok(Event::default().event("message").data(message.to_string())), (guard, permit)))
     })
 }
 
@@ -274,7 +281,8 @@ async fn health(State(st): State<AppState>) -> Response {
         "uptime_secs": st.server.uptime().as_secs(),
         "open_stores": st.server.router.registry().open_count(),
         "live_sessions": st.server.sessions.len(),
-        "listen_streams": st.server.listen_count(),
+        "listen_streams": st.server.streams.listen_count(),
+        "event_streams": st.server.streams.open_count(),
         "global_db": st.server.router.global_db().display().to_string(),
     }))
     .into_response()
@@ -396,6 +404,11 @@ fn body_rejected(rejection: &BytesRejection, limit: usize) -> Response {
 
 fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
+}
+
+/// An event stream beyond `--max-streams`: 503, so the client knows to try again later.
+pub(super) fn too_many_streams(id: Option<&RequestId>, e: &TooManyStreams) -> Response {
+    rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, id, &RpcError::new(code::SERVER_BUSY, e.to_string()))
 }
 
 /// The single place where an error becomes an HTTP response.

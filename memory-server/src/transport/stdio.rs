@@ -13,10 +13,11 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
 
 use crate::dispatch::McpServer;
-use crate::protocol::{Answer, Incoming, Message, RequestId, RpcError, error_response, parse_json, response};
+use crate::protocol::{Answer, Incoming, Message, RequestId, RpcError, code, error_response, parse_json, response};
 use crate::routing::{ProjectPath, with_project};
 use crate::session::{Session, SessionRegistry};
 use crate::stateless::{self, LISTEN};
+use crate::streams::StreamKind;
 
 /// Bytes asked of stdin per read; a line is assembled from as many reads as it takes.
 const READ_CHUNK: usize = 64 * 1024;
@@ -216,7 +217,15 @@ async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listen
                     Err(e) => error_response(Some(&id), &e).into(),
                 });
             }
-            match server.listen(&id, params.as_ref()).await {
+            // Counted with the daemon's streams, but not limited: this client is the
+            // process's only one.
+            let permit = match server.streams.open(StreamKind::Listen, usize::MAX) {
+                Ok(permit) => permit,
+                Err(e) => {
+                    return Some(error_response(Some(&id), &RpcError::new(code::SERVER_BUSY, e.to_string())).into());
+                }
+            };
+            match server.listen(&id, params.as_ref(), permit).await {
                 Err(e) => Some(error_response(Some(&id), &e).into()),
                 Ok(mut listener) => {
                     let out = listens.out.clone();
