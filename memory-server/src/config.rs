@@ -215,6 +215,20 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_to_the_spec_and_refuse_zero() {
+        let a = serve(&[]);
+        assert_eq!((a.batch.max_batch, a.max_streams, a.max_body_bytes), (100, 1024, 4 * 1024 * 1024));
+        let cli = Cli::try_parse_from(["memory-server", "stdio"]).unwrap();
+        let Some(CommandArgs::Stdio(s)) = cli.command else { panic!("{cli:?}") };
+        assert_eq!((s.batch.max_batch, s.max_body_bytes), (100, 4 * 1024 * 1024));
+        assert_eq!(serve(&["serve", "--max-batch", "7", "--max-streams", "2"]).max_streams, 2);
+        for bad in [["serve", "--max-batch", "0"], ["serve", "--max-streams", "0"], ["stdio", "--max-batch", "0"]] {
+            let args = std::iter::once("memory-server").chain(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn public_bind_needs_a_token() {
         let mut a = serve(&["--bind", "0.0.0.0"]);
         a.token = None;
