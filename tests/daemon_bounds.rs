@@ -370,6 +370,12 @@ fn stdio_lines_over_the_limit_are_refused_without_being_held() {
     assert!(message.contains(&format!("at most {LIMIT} bytes (--max-body-bytes)")), "{message}");
     stdio.ping("after the long line");
 
+    // Not UTF-8: a parse error, and the next line is served.
+    stdio.write(b"\xff\xfe\n");
+    let message = error_message("a line that is not UTF-8", &stdio.line(), -32700);
+    assert!(message.contains("UTF-8"), "{message}");
+    stdio.ping("after a line that is not UTF-8");
+
     // A line exactly at the limit is served.
     let head = r#"{"jsonrpc":"2.0","id":"edge","method":"ping","params":{"pad":""#;
     let tail = r#""}}"#;

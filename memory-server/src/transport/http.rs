@@ -134,10 +134,10 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
 }
 
 /// A batch's reply (SPEC 2.4) is written as it is produced: `[`, a reply, `,`, a reply …
-/// `]`, each message run only when the client has taken the previous reply, so the daemon
-/// holds about one reply of a batch at once however large the answers. The status
-/// depends on whether anything answers (202 for notifications only), so messages run up
-/// to the first reply before the head is sent.
+/// `]`, the next message run only when hyper polls the body for more (it stops polling
+/// while its write buffer is full), so the daemon holds about one reply of a batch at
+/// once however large the answers. The status depends on whether anything answers (202
+/// for notifications only), so messages run up to the first reply before the head is sent.
 async fn post_batch(mut run: BatchRun, reply_as: ReplyFormat) -> Response {
     let Some(first) = run.next_reply().await else { return accepted() };
     let (open, close, content_type) = match reply_as {

@@ -69,44 +69,37 @@ pub async fn run(server: Arc<McpServer>, project: Option<ProjectPath>, limits: S
     let mut eof = false;
     loop {
         let decoded = if eof { lines.decode_eof(&mut buf) } else { lines.decode(&mut buf) };
-        let line = match decoded {
-            Ok(Some(line)) => line,
+        let served = match decoded {
             Ok(None) if eof => break,
             Ok(None) => {
                 buf.reserve(READ_CHUNK);
                 eof = stdin.read_buf(&mut buf).await? == 0;
                 continue;
             }
-            Err(e) => {
-                let e = match e {
-                    LinesCodecError::MaxLineLengthExceeded => RpcError::invalid_request(format!(
-                        "Invalid request: a line may hold at most {} bytes (--max-body-bytes); this one is longer \
-                         and is skipped",
-                        limits.max_line_bytes
-                    )),
-                    // The codec's only I/O error: the line (already consumed) is not UTF-8.
-                    LinesCodecError::Io(e) => {
-                        RpcError::parse(format!("Parse error: the line is not valid UTF-8 ({e})"))
-                    }
-                };
-                if out_tx.send(Out::Line(error_response(None, &e).into())).await.is_err() {
-                    break;
+            Ok(Some(line)) if line.trim().is_empty() => continue,
+            Ok(Some(line)) => match Incoming::parse(Bytes::from(line), limits.max_batch) {
+                Err(e) => send(&out_tx, Some(error_response(None, &e).into())).await,
+                Ok(Incoming::Single(value)) => {
+                    let reply = with_project(project.clone(), handle(&server, &session, &mut listens, value)).await;
+                    send(&out_tx, reply).await
                 }
-                continue;
+                Ok(Incoming::Batch(messages)) => {
+                    let batch = serve_batch(&server, &session, &mut listens, messages);
+                    with_project(project.clone(), batch).await
+                }
+            },
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                let e = RpcError::invalid_request(format!(
+                    "Invalid request: a line may hold at most {} bytes (--max-body-bytes); this one is longer and is \
+                     skipped",
+                    limits.max_line_bytes
+                ));
+                send(&out_tx, Some(error_response(None, &e).into())).await
             }
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let served = match Incoming::parse(Bytes::from(line), limits.max_batch) {
-            Err(e) => send(&out_tx, Some(error_response(None, &e).into())).await,
-            Ok(Incoming::Single(value)) => {
-                let reply = with_project(project.clone(), handle(&server, &session, &mut listens, value)).await;
-                send(&out_tx, reply).await
-            }
-            Ok(Incoming::Batch(messages)) => {
-                let batch = serve_batch(&server, &session, &mut listens, messages);
-                with_project(project.clone(), batch).await
+            // The codec's only I/O error: the line (already consumed) is not UTF-8.
+            Err(LinesCodecError::Io(_)) => {
+                let e = RpcError::parse("Parse error: the line is not valid UTF-8");
+                send(&out_tx, Some(error_response(None, &e).into())).await
             }
         };
         if served.is_err() {
