@@ -13,6 +13,7 @@ pub const DEFAULT_PORT: u16 = 3100;
 /// The most `--max-connections` accepts: the kernel's default ceiling on open files per
 /// process (`fs.nr_open`), so no larger value could ever be reached.
 pub const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
+const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -97,7 +98,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 3600)]
     pub session_idle_secs: u64,
     /// Largest accepted request body; larger ones get 413.
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Milliseconds between keep-alive comments on open event streams (the session GET
     /// stream and `subscriptions/listen`).
@@ -113,6 +114,11 @@ pub struct ServeArgs {
     /// Most connections open at once; one more is answered 503 and closed.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Open event streams (session GET streams and `subscriptions/listen`) at most; more get 503.
+    #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -120,6 +126,23 @@ pub struct StdioArgs {
     /// Project directory whose `.claude/memory.db` to use (default: the global DB).
     #[arg(long)]
     pub project: Option<String>,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Longest accepted line in bytes; a longer one gets -32600 and is skipped unread.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+/// Options of both transports.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// Messages a JSON-RPC batch may hold; a larger batch gets one -32600 error and none of it runs.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one())]
+    pub max_batch: usize,
+}
+
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Everything `serve` needs, validated.
@@ -133,6 +156,8 @@ pub struct DaemonConfig {
     pub max_connections: usize,
     pub global_db: PathBuf,
     pub stores: StoreLimits,
+    pub max_batch: usize,
+    pub max_streams: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +204,8 @@ impl DaemonConfig {
                 max_open: usize::try_from(args.max_open_stores).unwrap_or(usize::MAX),
                 idle: Duration::from_secs(args.store_idle_secs),
             },
+            max_batch: args.batch.max_batch,
+            max_streams: args.max_streams,
         })
     }
 
@@ -218,6 +245,20 @@ mod tests {
         assert!(a.bind.is_loopback());
         assert_eq!(serve(&["serve", "--port", "4000"]).port, 4000);
         assert_eq!(serve(&["--port", "4001"]).port, 4001);
+    }
+
+    #[test]
+    fn limits_default_to_the_spec_and_refuse_zero() {
+        let a = serve(&[]);
+        assert_eq!((a.batch.max_batch, a.max_streams, a.max_body_bytes), (100, 1024, 4 * 1024 * 1024));
+        let cli = Cli::try_parse_from(["memory-server", "stdio"]).unwrap();
+        let Some(CommandArgs::Stdio(s)) = cli.command else { panic!("{cli:?}") };
+        assert_eq!((s.batch.max_batch, s.max_body_bytes), (100, 4 * 1024 * 1024));
+        assert_eq!(serve(&["serve", "--max-batch", "7", "--max-streams", "2"]).max_streams, 2);
+        for bad in [["serve", "--max-batch", "0"], ["serve", "--max-streams", "0"], ["stdio", "--max-batch", "0"]] {
+            let args = std::iter::once("memory-server").chain(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! the transport (see `routing`), its session (if any) from the caller.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -13,6 +12,7 @@ use crate::routing::Router;
 use crate::scope::current_project;
 use crate::session::{Session, SessionRegistry};
 use crate::store::{Store, StoreError};
+use crate::streams::EventStreams;
 use crate::tools::{self, GRAPH_RESOURCE_URI, ToolCall};
 
 const LOG_LEVELS: &[&str] = &["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
@@ -20,8 +20,8 @@ const LOG_LEVELS: &[&str] = &["debug", "info", "notice", "warning", "error", "cr
 pub struct McpServer {
     pub router: Router,
     pub sessions: SessionRegistry,
-    /// Open `subscriptions/listen` streams (2026-07-28, see `stateless`).
-    pub(crate) listen_streams: Arc<AtomicUsize>,
+    /// Open event streams: session `GET` streams and `subscriptions/listen` (see `streams`).
+    pub streams: Arc<EventStreams>,
     /// Cancelled at shutdown: ends `subscriptions/listen` streams gracefully.
     pub shutdown: tokio_util::sync::CancellationToken,
     started: Instant,
@@ -41,7 +41,7 @@ impl McpServer {
         Self {
             router,
             sessions: SessionRegistry::new(session_idle),
-            listen_streams: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(EventStreams::default()),
             shutdown: tokio_util::sync::CancellationToken::new(),
             started: Instant::now(),
         }

@@ -15,6 +15,7 @@ pub mod serve;
 pub mod session;
 pub mod stateless;
 pub mod store;
+pub mod streams;
 pub mod tools;
 pub mod transfer;
 pub mod transport;

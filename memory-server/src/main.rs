@@ -6,13 +6,14 @@ use std::sync::Arc;
 use clap::Parser;
 
 use memory_server::config::{
-    BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, global_db_path,
+    BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, StdioArgs, global_db_path,
 };
 use memory_server::dispatch::McpServer;
 use memory_server::project::ProjectPath;
 use memory_server::routing::Router;
 use memory_server::store::registry::StoreLimits;
 use memory_server::store::{DbFile, Store};
+use memory_server::transport::stdio::StdioLimits;
 use memory_server::{serve, transfer, transport};
 
 fn main() -> ExitCode {
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => runtime.block_on(run_serve(&cli.serve)),
         Some(CommandArgs::Serve(args)) => runtime.block_on(run_serve(&args)),
-        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(args.project.as_deref())),
+        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(&args)),
         Some(CommandArgs::Import(args)) => run_import(&args),
         Some(CommandArgs::Export(args)) => run_export(&args),
         Some(CommandArgs::Backup(args)) => run_backup(&args),
@@ -41,11 +42,11 @@ async fn run_serve(args: &memory_server::config::ServeArgs) -> Result<(), String
     serve::serve(config).await.map_err(|e| e.to_string())
 }
 
-async fn run_stdio(project: Option<&str>) -> Result<(), String> {
+async fn run_stdio(args: &StdioArgs) -> Result<(), String> {
     // Claude Code sets CLAUDE_PROJECT_DIR for every server it starts: per-project memory
     // without a per-project config entry.
     let from_env = std::env::var("CLAUDE_PROJECT_DIR").ok().filter(|d| !d.is_empty());
-    let project = match (project, from_env.as_deref()) {
+    let project = match (args.project.as_deref(), from_env.as_deref()) {
         (Some(dir), _) => Some(ProjectPath::from_dir(dir).map_err(|e| format!("--project: {e}"))?),
         (None, Some(dir)) => Some(ProjectPath::from_dir(dir).map_err(|e| format!("CLAUDE_PROJECT_DIR: {e}"))?),
         (None, None) => None,
@@ -53,7 +54,8 @@ async fn run_stdio(project: Option<&str>) -> Result<(), String> {
     let global = global_db_path().map_err(|e| e.to_string())?;
     let router = Router::new(global, StoreLimits::default());
     let server = Arc::new(McpServer::new(router, std::time::Duration::from_secs(3600)));
-    let result = transport::stdio::run(server.clone(), project).await.map_err(|e| format!("stdio: {e}"));
+    let limits = StdioLimits { max_batch: args.batch.max_batch, max_line_bytes: args.max_body_bytes };
+    let result = transport::stdio::run(server.clone(), project, limits).await.map_err(|e| format!("stdio: {e}"));
     server.router.registry().close_all().await;
     result
 }

@@ -6,6 +6,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use serde::de::{Deserializer as _, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Session-based protocol revisions we speak, oldest first.
@@ -32,6 +34,9 @@ pub mod code {
     pub const HEADER_MISMATCH: i64 = -32020;
     /// 2026-07-28: the request's protocol version is not one we serve.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+    /// JSON-RPC's implementation-defined server error: a limit of the daemon is reached
+    /// (`--max-streams`); the request may succeed later.
+    pub const SERVER_BUSY: i64 = -32000;
 }
 
 /// Returns the canonical `'static` spelling of a supported session-based version.
@@ -235,18 +240,23 @@ impl Answer {
         out
     }
 
-    /// Several answers as one JSON array (a batch reply).
-    pub fn batch_to_vec(answers: &[Answer]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(answers.iter().map(|a| a.len_hint() + 1).sum::<usize>() + 2);
-        out.push(b'[');
-        for (i, answer) in answers.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+    /// The answer's JSON after `prefix`, as buffers to write one after another: a large
+    /// raw result is its shared buffer itself (a cached graph answer, the same for every
+    /// reply of a batch, is never copied per reply), anything else one fresh buffer.
+    pub fn into_chunks(self, prefix: &[u8]) -> Vec<Bytes> {
+        match self {
+            Answer::Response { id, result } if result.0.len() >= SHARED_RESULT_MIN => {
+                let mut head = prefix.to_vec();
+                head.extend_from_slice(&Self::response_head(&id));
+                vec![Bytes::from(head), result.0, Bytes::from_static(b"}")]
             }
-            answer.write_to(&mut out);
+            other => {
+                let mut out = Vec::with_capacity(prefix.len() + other.len_hint());
+                out.extend_from_slice(prefix);
+                other.write_to(&mut out);
+                vec![Bytes::from(out)]
+            }
         }
-        out.push(b']');
-        out
     }
 
     fn len_hint(&self) -> usize {
@@ -305,11 +315,121 @@ pub fn notification(method: &str, params: Value) -> Value {
     json!({ "jsonrpc": "2.0", "method": method, "params": params })
 }
 
+/// Results from this size on are written from where they lie rather than copied into
+/// the reply's buffer; below it one buffer (one write) is cheaper.
+pub const SHARED_RESULT_MIN: usize = 64 * 1024;
+
 /// Parses raw bytes into a JSON value, naming the problem on failure.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, RpcError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| RpcError::parse(format!("Parse error: body is not valid UTF-8 ({e})")))?;
     serde_json::from_str(text).map_err(|e| RpcError::parse(format!("Parse error: {e}")))
+}
+
+/// serde_json refuses values nested this deep (its recursion limit is 128 levels), so a
+/// batch message nested deeper could never be parsed when its turn comes.
+const MAX_NESTING: usize = 128;
+
+/// A POST body or a stdio line, parsed only as far as serving it needs: one message as a
+/// value; a batch split into its messages' raw text, each parsed only when it runs, so a
+/// large batch never exists as one value tree.
+#[derive(Debug)]
+pub enum Incoming {
+    Single(Value),
+    /// The raw JSON text of each message, sharing the body's buffer; never empty and
+    /// never longer than the limit it was parsed with.
+    Batch(Vec<Bytes>),
+}
+
+impl Incoming {
+    /// Parses `body`; a batch (a JSON array) may hold at most `max_batch` messages. A
+    /// larger or empty one is refused whole (`-32600`), as is one whose messages are
+    /// nested too deeply to parse (`-32700`), so nothing of it runs.
+    pub fn parse(body: Bytes, max_batch: usize) -> Result<Incoming, RpcError> {
+        let first = body.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first != Some(&b'[') {
+            return parse_json(&body).map(Incoming::Single);
+        }
+        let text = std::str::from_utf8(&body)
+            .map_err(|e| RpcError::parse(format!("Parse error: body is not valid UTF-8 ({e})")))?;
+        let parse_error = |e: serde_json::Error| RpcError::parse(format!("Parse error: {e}"));
+        let mut de = serde_json::Deserializer::from_str(text);
+        let (kept, len) = de.deserialize_seq(BatchVisitor { max: max_batch }).map_err(parse_error)?;
+        de.end().map_err(parse_error)?;
+        if len == 0 {
+            return Err(RpcError::invalid_request("Invalid request: empty batch"));
+        }
+        if len > max_batch {
+            return Err(RpcError::invalid_request(format!(
+                "Invalid request: a batch may hold at most {max_batch} messages (--max-batch); this one holds {len}"
+            )));
+        }
+        if let Some(i) = kept.iter().position(|raw| nesting_exceeds(raw.get().as_bytes(), MAX_NESTING)) {
+            return Err(RpcError::parse(format!(
+                "Parse error: recursion limit exceeded: message {} of the batch is nested {MAX_NESTING} levels deep or more",
+                i + 1
+            )));
+        }
+        // `from_str` borrows every raw message from `text`, which is `body`'s buffer.
+        Ok(Incoming::Batch(kept.into_iter().map(|raw| body.slice_ref(raw.get().as_bytes())).collect()))
+    }
+}
+
+/// Counts a batch's messages, keeping the raw text of at most `max` of them: the
+/// count names the size of an oversized batch without holding any more of it.
+struct BatchVisitor {
+    max: usize,
+}
+
+impl<'de> Visitor<'de> for BatchVisitor {
+    type Value = (Vec<&'de RawValue>, usize);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON-RPC batch (an array of messages)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Vec::new();
+        let mut len = 0usize;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            len += 1;
+            if len <= self.max {
+                kept.push(raw);
+            }
+        }
+        Ok((kept, len))
+    }
+}
+
+/// Whether valid JSON `json` nests arrays and objects `limit` levels deep or more. A
+/// loop over the bytes, not a parse: cheap, and no recursion on untrusted depth.
+fn nesting_exceeds(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth >= limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -344,6 +464,66 @@ mod tests {
     fn parse_errors_name_the_problem() {
         assert!(parse_json(b"{").unwrap_err().message.starts_with("Parse error"));
         assert!(parse_json(&[0xff, 0xfe]).unwrap_err().message.contains("UTF-8"));
+    }
+
+    fn batch(body: &str, max: usize) -> Result<Vec<Bytes>, RpcError> {
+        match Incoming::parse(Bytes::copy_from_slice(body.as_bytes()), max)? {
+            Incoming::Batch(messages) => Ok(messages),
+            Incoming::Single(v) => panic!("not a batch: {v}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_into_raw_messages() {
+        let messages = batch(r#" [ {"jsonrpc":"2.0","id":1,"method":"ping"} , 7, [] ] "#, 3).unwrap();
+        let texts: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
+        assert_eq!(texts, [&br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#[..], b"7", b"[]"]);
+        assert!(matches!(Incoming::parse(Bytes::from_static(b" {\"a\":1}"), 3), Ok(Incoming::Single(_))));
+    }
+
+    #[test]
+    fn oversized_and_empty_batches_are_refused_whole() {
+        let e = batch(&format!("[{}1]", "1,".repeat(53_036)), 100).unwrap_err();
+        assert_eq!(e.code, code::INVALID_REQUEST);
+        assert_eq!(
+            e.message,
+            "Invalid request: a batch may hold at most 100 messages (--max-batch); this one holds 53037"
+        );
+        assert_eq!(batch(&format!("[{}1]", "1,".repeat(99)), 100).unwrap().len(), 100);
+        assert_eq!(batch(" [ ] ", 100).unwrap_err().message, "Invalid request: empty batch");
+        assert_eq!(batch("[1,2", 100).unwrap_err().code, code::PARSE_ERROR);
+        assert_eq!(batch("[1] x", 100).unwrap_err().code, code::PARSE_ERROR);
+    }
+
+    #[test]
+    fn nesting_beyond_serde_json_limit_is_a_parse_error_before_anything_runs() {
+        for (open, close) in [("[", "]"), (r#"{"a":"#, "}")] {
+            for depth in [MAX_NESTING - 1, MAX_NESTING] {
+                let deep = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                let serde_refuses = serde_json::from_str::<Value>(&deep).is_err();
+                assert_eq!(nesting_exceeds(deep.as_bytes(), MAX_NESTING), serde_refuses, "{open} x {depth}");
+                let result = batch(&format!(r#"[1,{deep}]"#), 100);
+                assert_eq!(result.is_err(), serde_refuses, "{open} x {depth}");
+            }
+        }
+        let e = batch(&format!("[1,{}{}]", "[".repeat(100_000), "]".repeat(100_000)), 100).unwrap_err();
+        assert_eq!(e.code, code::PARSE_ERROR);
+        assert!(e.message.contains("message 2 of the batch"), "{}", e.message);
+        assert_eq!(Incoming::parse(Bytes::from("[".repeat(100_000)), 100).unwrap_err().code, code::PARSE_ERROR);
+        // Brackets inside strings do not nest.
+        assert!(!nesting_exceeds(format!(r#"["{}\"{}"]"#, "[".repeat(200), "{".repeat(200)).as_bytes(), 3));
+    }
+
+    #[test]
+    fn large_results_are_chunked_without_copying() {
+        let result = RawJson::trusted(vec![b'1'; SHARED_RESULT_MIN]);
+        let answer = Answer::Response { id: json!(7), result: result.clone() };
+        let chunks = answer.clone().into_chunks(b",");
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[1].as_ptr(), result.as_bytes().as_ptr(), "the shared result itself");
+        let joined: Vec<u8> = chunks.concat();
+        assert_eq!(joined[1..], answer.to_vec()[..]);
+        assert_eq!(Answer::Value(json!({"a":1})).into_chunks(b"[").concat(), br#"[{"a":1}"#);
     }
 
     #[test]

@@ -4,9 +4,6 @@
 //! `subscriptions/listen`. The transports (`transport::http`, `transport::stdio`) only
 //! frame what this module decides.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
@@ -15,6 +12,7 @@ use crate::protocol::{
     ALL_VERSIONS, Answer, META_PROTOCOL_VERSION, RawJson, RequestId, RpcError, STATELESS_VERSION, code, meta_version,
     notification, response,
 };
+use crate::streams::StreamPermit;
 use crate::tools::GRAPH_RESOURCE_URI;
 
 pub const LISTEN: &str = "subscriptions/listen";
@@ -210,8 +208,14 @@ impl McpServer {
         Ok(decorate(method, result))
     }
 
-    /// Opens a `subscriptions/listen` subscription for the request's project.
-    pub async fn listen(&self, id: &RequestId, params: Option<&Value>) -> Result<Listener, RpcError> {
+    /// Opens a `subscriptions/listen` subscription for the request's project; it holds
+    /// `permit`, its place among the open event streams, until it is dropped.
+    pub async fn listen(
+        &self,
+        id: &RequestId,
+        params: Option<&Value>,
+        permit: StreamPermit,
+    ) -> Result<Listener, RpcError> {
         let filter = params.and_then(|p| p.get("notifications"));
         let wanted = match filter.and_then(|f| f.get("resourceSubscriptions")) {
             None | Some(Value::Null) => false,
@@ -236,13 +240,7 @@ impl McpServer {
             "notifications/subscriptions/acknowledged",
             json!({ "_meta": { SUBSCRIPTION_ID_KEY: id }, "notifications": agreed }),
         );
-        self.listen_streams.fetch_add(1, Ordering::SeqCst);
-        Ok(Listener { id: id.clone(), ack: Some(ack), changes, count: self.listen_streams.clone() })
-    }
-
-    /// Open `subscriptions/listen` streams (for `/health`).
-    pub fn listen_count(&self) -> usize {
-        self.listen_streams.load(Ordering::SeqCst)
+        Ok(Listener { id: id.clone(), ack: Some(ack), changes, _permit: permit })
     }
 }
 
@@ -251,7 +249,7 @@ pub struct Listener {
     id: RequestId,
     ack: Option<Value>,
     changes: Option<broadcast::Receiver<()>>,
-    count: Arc<AtomicUsize>,
+    _permit: StreamPermit,
 }
 
 impl Listener {
@@ -279,12 +277,6 @@ impl Listener {
     /// The graceful end of the subscription (server shutdown).
     pub fn closing_response(&self) -> Value {
         response(&self.id, json!({ "resultType": "complete", "_meta": { SUBSCRIPTION_ID_KEY: &self.id } })).into_value()
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

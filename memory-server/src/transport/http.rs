@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
 use serde_json::{Value, json};
 
@@ -23,12 +24,13 @@ use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
 use crate::project::ProjectPath;
 use crate::protocol::{
-    Answer, Message, RequestId, RpcError, SESSION_VERSIONS, STATELESS_VERSION, error_response, parse_json, response,
-    supported_version, version_allows_batch,
+    Answer, Incoming, Message, RequestId, RpcError, SESSION_VERSIONS, SHARED_RESULT_MIN, STATELESS_VERSION, code,
+    error_response, parse_json, response, supported_version, version_allows_batch,
 };
-use crate::scope::with_project;
+use crate::scope::{current_project, with_project};
 use crate::session::{Session, StreamGuard};
 use crate::stateless::is_stateless;
+use crate::streams::{StreamKind, StreamPermit, TooManyStreams};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const PROJECT_HEADER: &str = "mcp-project-path";
@@ -84,10 +86,10 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
             &RpcError::invalid_request("Not Acceptable: Accept must allow application/json or text/event-stream"),
         );
     };
-    let parsed = body.map(|b| parse_json(&b));
+    let parsed = body.map(|b| Incoming::parse(b, st.config.max_batch));
     // 2026-07-28 (SPEC 2.9): told apart per request by the body's `_meta` version or the
     // header naming that revision; served without a session.
-    let body_stateless = matches!(&parsed, Ok(Ok(Value::Object(o))) if is_stateless(o.get("params")));
+    let body_stateless = matches!(&parsed, Ok(Ok(Incoming::Single(Value::Object(o)))) if is_stateless(o.get("params")));
     let header_stateless = headers.get(VERSION_HEADER).is_some_and(|v| v.as_bytes() == STATELESS_VERSION.as_bytes());
     if body_stateless || header_stateless {
         return match parsed {
@@ -110,30 +112,17 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
     };
 
     match value {
-        Value::Array(items) => {
+        Incoming::Batch(messages) => {
             let version = session.as_ref().map(|s| s.protocol_version()).or(header_version);
             if let Some(v) = version.filter(|v| !version_allows_batch(v)) {
                 let e =
                     RpcError::invalid_request(format!("Invalid request: protocol version {v} does not allow batches"));
                 return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
             }
-            if items.is_empty() {
-                let e = RpcError::invalid_request("Invalid request: empty batch");
-                return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
-            }
-            let mut replies = Vec::new();
-            for item in items {
-                if let Some(reply) = serve_message(&st, session.as_ref(), item).await {
-                    replies.push(reply);
-                }
-            }
-            if replies.is_empty() {
-                accepted()
-            } else {
-                reply_as.respond_bytes(StatusCode::OK, Answer::batch_to_vec(&replies))
-            }
+            post_batch(BatchRun { st, session, project: current_project(), messages: messages.into_iter() }, reply_as)
+                .await
         }
-        value => match Message::from_value(value) {
+        Incoming::Single(value) => match Message::from_value(value) {
             Err((id, e)) => rpc_error_response(StatusCode::BAD_REQUEST, id.as_ref(), &e),
             Ok(Message::Request { id, method, params }) if method == "initialize" => {
                 initialize(&st, &id, params.as_ref(), reply_as)
@@ -143,6 +132,55 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
                 None => accepted(),
             },
         },
+    }
+}
+
+/// A batch's reply (SPEC 2.4) is written as it is produced: `[`, a reply, `,`, a reply …
+/// `]`, the next message run only when hyper polls the body for more (it stops polling
+/// while its write buffer is full), so the daemon holds about one reply of a batch at
+/// once however large the answers. The status depends on whether anything answers (202
+/// for notifications only), so messages run up to the first reply before the head is sent.
+async fn post_batch(mut run: BatchRun, reply_as: ReplyFormat) -> Response {
+    let Some(first) = run.next_reply().await else { return accepted() };
+    let (open, close, content_type) = match reply_as {
+        ReplyFormat::Json => (&b"["[..], &b"]"[..], "application/json"),
+        ReplyFormat::EventStream => (&b"event: message\ndata: ["[..], &b"]\n\n"[..], "text/event-stream"),
+    };
+    let parts = stream::unfold(Some((run, Some(first), open)), move |state| async move {
+        let (mut run, ready, prefix) = state?;
+        let reply = match ready {
+            Some(reply) => Some(reply),
+            None => run.next_reply().await,
+        };
+        Some(match reply {
+            Some(reply) => (reply.into_chunks(prefix), Some((run, None, &b","[..]))),
+            None => (vec![Bytes::from_static(close)], None),
+        })
+    });
+    let body = parts.flat_map(|chunks| stream::iter(chunks.into_iter().map(Ok::<_, Infallible>)));
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response()
+}
+
+/// The messages of a batch still to run, and what they run with.
+struct BatchRun {
+    st: AppState,
+    session: Option<Arc<Session>>,
+    /// The body is polled outside the request's task-local scope, so each message runs
+    /// inside it again.
+    project: Option<ProjectPath>,
+    messages: std::vec::IntoIter<Bytes>,
+}
+
+impl BatchRun {
+    /// Runs messages until one answers (notifications do not); `None` once all have run.
+    async fn next_reply(&mut self) -> Option<Answer> {
+        for raw in self.messages.by_ref() {
+            let served = with_project(self.project.clone(), serve_raw(&self.st, self.session.as_ref(), &raw));
+            if let Some(reply) = served.await {
+                return Some(reply);
+            }
+        }
+        None
     }
 }
 
@@ -161,9 +199,9 @@ fn initialize(st: &AppState, id: &RequestId, params: Option<&Value>, reply_as: R
     }
 }
 
-/// One message of a batch: an envelope error becomes an error entry.
-async fn serve_message(st: &AppState, session: Option<&Arc<Session>>, value: Value) -> Option<Answer> {
-    match Message::from_value(value) {
+/// One message of a batch, parsed now: a parse or envelope error becomes an error entry.
+async fn serve_raw(st: &AppState, session: Option<&Arc<Session>>, raw: &[u8]) -> Option<Answer> {
+    match parse_json(raw).map_err(|e| (None, e)).and_then(Message::from_value) {
         Err((id, e)) => Some(error_response(id.as_ref(), &e).into()),
         Ok(message) => serve(st, session, message).await,
     }
@@ -209,15 +247,21 @@ async fn get_mcp(State(st): State<AppState>, headers: HeaderMap) -> Response {
         }
         Err(resp) => return resp,
     };
-    Sse::new(event_stream(session.open_stream()))
+    let permit = match st.server.streams.open(StreamKind::Session, st.config.max_streams) {
+        Ok(permit) => permit,
+        Err(e) => return too_many_streams(None, &e),
+    };
+    Sse::new(event_stream(session.open_stream(), permit))
         .keep_alive(KeepAlive::new().interval(st.config.keep_alive))
         .into_response()
 }
 
-fn event_stream(guard: StreamGuard) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(guard, |mut guard| async move {
+/// The session's messages until its sender goes (session deleted or expired, shutdown,
+/// a newer GET stream) or the client does; the permit goes with the stream.
+fn event_stream(guard: StreamGuard, permit: StreamPermit) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold((guard, permit), |(mut guard, permit)| async move {
         let message = guard.rx.recv().await?;
-        Some((Ok(Event::default().event("message").data(message.to_string())), guard))
+        Some((Ok(Event::default().event("message").data(message.to_string())), (guard, permit)))
     })
 }
 
@@ -240,7 +284,8 @@ async fn health(State(st): State<AppState>) -> Response {
         "open_stores": st.server.router.registry().open_count(),
         "max_open_stores": st.server.router.registry().limits().max_open,
         "live_sessions": st.server.sessions.len(),
-        "listen_streams": st.server.listen_count(),
+        "listen_streams": st.server.streams.listen_count(),
+        "event_streams": st.server.streams.open_count(),
         "global_db": st.server.router.global_db().display().to_string(),
     }))
     .into_response()
@@ -284,10 +329,6 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Results from this size on are sent from where they lie rather than copied into one
-/// buffer; below it one buffer (one write) is cheaper.
-const SHARED_BODY_MIN: usize = 64 * 1024;
-
 /// How a POST's answer is framed: JSON unless the client only accepts an event stream.
 #[derive(Clone, Copy)]
 pub(super) enum ReplyFormat {
@@ -300,7 +341,7 @@ impl ReplyFormat {
         match (self, body) {
             // A large result (maybe a cached graph shared with other requests) is sent
             // from where it lies, between the envelope's head and its closing brace.
-            (ReplyFormat::Json, Answer::Response { id, result }) if result.as_bytes().len() >= SHARED_BODY_MIN => {
+            (ReplyFormat::Json, Answer::Response { id, result }) if result.as_bytes().len() >= SHARED_RESULT_MIN => {
                 let parts = [Bytes::from(Answer::response_head(id)), result.to_bytes(), Bytes::from_static(b"}")];
                 let length = parts.iter().map(Bytes::len).sum::<usize>();
                 let body = Body::from_stream(stream::iter(parts.map(Ok::<_, Infallible>)));
@@ -366,6 +407,11 @@ fn body_rejected(rejection: &BytesRejection, limit: usize) -> Response {
 
 fn accepted() -> Response {
     StatusCode::ACCEPTED.into_response()
+}
+
+/// An event stream beyond `--max-streams`: 503, so the client knows to try again later.
+pub(super) fn too_many_streams(id: Option<&RequestId>, e: &TooManyStreams) -> Response {
+    rpc_error_response(StatusCode::SERVICE_UNAVAILABLE, id, &RpcError::new(code::SERVER_BUSY, e.to_string()))
 }
 
 /// The single place where an error becomes an HTTP response.

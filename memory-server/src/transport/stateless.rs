@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::Value;
 
-use super::http::{AppState, ReplyFormat, VERSION_HEADER, accepts, rpc_error_response};
-use crate::protocol::{Answer, Message, RequestId, RpcError, error_response, meta_version, response};
+use super::http::{AppState, ReplyFormat, VERSION_HEADER, accepts, rpc_error_response, too_many_streams};
+use crate::protocol::{Answer, Incoming, Message, RequestId, RpcError, error_response, meta_version, response};
 use crate::stateless::{self, LISTEN, Listener};
+use crate::streams::StreamKind;
 
 pub const METHOD_HEADER: &str = "mcp-method";
 pub const NAME_HEADER: &str = "mcp-name";
@@ -24,17 +25,17 @@ pub const NAME_HEADER: &str = "mcp-name";
 pub(super) async fn post(
     st: &AppState,
     headers: &HeaderMap,
-    parsed: Result<Value, RpcError>,
+    parsed: Result<Incoming, RpcError>,
     reply_as: ReplyFormat,
 ) -> Response {
     let value = match parsed {
-        Ok(v) => v,
+        Ok(Incoming::Single(v)) => v,
+        Ok(Incoming::Batch(_)) => {
+            let e = RpcError::invalid_request("Invalid request: protocol version 2026-07-28 does not allow batches");
+            return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
+        }
         Err(e) => return rpc_error_response(StatusCode::BAD_REQUEST, None, &e),
     };
-    if value.is_array() {
-        let e = RpcError::invalid_request("Invalid request: protocol version 2026-07-28 does not allow batches");
-        return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
-    }
     let (id, method, params) = match Message::from_value(value) {
         Err((id, e)) => return rpc_error_response(StatusCode::BAD_REQUEST, id.as_ref(), &e),
         Ok(Message::Request { id, method, params }) => (id, method, params),
@@ -149,7 +150,11 @@ async fn listen(st: &AppState, headers: &HeaderMap, id: RequestId, params: Optio
         let e = RpcError::invalid_request("Not Acceptable: subscriptions/listen needs Accept: text/event-stream");
         return rpc_error_response(StatusCode::NOT_ACCEPTABLE, Some(&id), &e);
     }
-    let listener = match st.server.listen(&id, params.as_ref()).await {
+    let permit = match st.server.streams.open(StreamKind::Listen, st.config.max_streams) {
+        Ok(permit) => permit,
+        Err(e) => return too_many_streams(Some(&id), &e),
+    };
+    let listener = match st.server.listen(&id, params.as_ref(), permit).await {
         Ok(l) => l,
         Err(e) => return ReplyFormat::Json.respond(StatusCode::OK, &error_response(Some(&id), &e).into()),
     };
