@@ -5,7 +5,7 @@
 //! the same tools/list.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use e2e::{Daemon, Http, TestEnv, bin, fixture};
 use serde_json::{Value, json};
@@ -104,6 +104,48 @@ fn stdio_answers_equal_the_official_server() {
     let status = child.wait().unwrap();
     assert!(status.success(), "stdin EOF exits 0, got {status}");
     assert!(project.join(".claude/memory.db").exists());
+}
+
+/// Claude Code starts stdio servers with `CLAUDE_PROJECT_DIR` set: `memory-server stdio`
+/// without `--project` keeps that project's memory in the project (the README's one
+/// config entry gives every project its own memory), says so in its log together with
+/// the negotiated protocol version, and without the variable uses the global database.
+#[test]
+fn stdio_uses_claude_project_dir() {
+    let env = TestEnv::new();
+    let project = env.project("from-env");
+    let write = |claude_project_dir: Option<&std::path::Path>, name: &str| -> String {
+        let mut cmd = env.command(&bin("memory-server"));
+        cmd.arg("stdio").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(dir) = claude_project_dir {
+            cmd.env("CLAUDE_PROJECT_DIR", dir);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let init = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e2e","version":"1"}}});
+        let call = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"create_entities",
+            "arguments":{"entities":[{"name":name,"entityType":"t","observations":[]}]}}});
+        writeln!(stdin, "{init}\n{call}").unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let lines: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[1]["result"]["structuredContent"]["entities"][0]["name"], name, "{lines:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let log = write(Some(&project), "in-project");
+    assert!(log.contains("protocol_version=\"2025-06-18\""), "the log names the negotiated version:\n{log}");
+    assert!(log.contains("from-env"), "and the project:\n{log}");
+    write(None, "global");
+    let names = |db: &std::path::Path| -> Vec<String> {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let mut stmt = conn.prepare("SELECT name FROM entities").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert_eq!(names(&project.join(".claude/memory.db")), ["in-project"]);
+    assert_eq!(names(&env.global_db()), ["global"]);
 }
 
 /// Where the official server stores repeats within one call twice (see

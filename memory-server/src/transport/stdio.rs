@@ -245,7 +245,12 @@ async fn handle(server: &McpServer, session: &Arc<Session>, listens: &mut Listen
         }
         Ok(Message::Request { id, method, params }) => {
             let result = if method == "initialize" {
-                server.initialize(params.as_ref()).map(|(result, _)| result.into())
+                server.initialize(params.as_ref()).map(|(result, version)| {
+                    let project = crate::scope::current_project();
+                    let project = project.as_ref().map(|p| p.as_path().display().to_string());
+                    tracing::info!(protocol_version = version, project, "stdio client initialized");
+                    result.into()
+                })
             } else {
                 server.handle(Some(session), &method, params).await
             };
