@@ -309,6 +309,26 @@ async fn a_foreign_sqlite_file_is_refused_unchanged_and_retried_once_fixed() {
     }
 }
 
+/// A `memory.db` that is not a database at all (here: text) fails with the file named,
+/// untouched, and works once replaced.
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_named_and_retried() {
+    let env = TestEnv::new();
+    let daemon = Daemon::start(&env, &[]);
+    let project = env.project("garbage");
+    std::fs::create_dir(project.join(".claude")).unwrap();
+    let db = project.join(".claude/memory.db");
+    let garbage = "this is not a SQLite database, just some text that happens to sit here\n".repeat(100);
+    std::fs::write(&db, &garbage).unwrap();
+    let http = Http::new(daemon.url()).with_project(&project);
+    let msg = tool_error(&http, "create_entities", entities(&["x"])).await;
+    assert!(msg.contains(".claude/memory.db") && msg.contains("not a database"), "{msg}");
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), garbage, "the file is untouched");
+    std::fs::remove_file(&db).unwrap();
+    create(&http, &["replaced"]).await;
+    assert_eq!(db_entity_names(&db), ["replaced"]);
+}
+
 #[tokio::test]
 async fn a_fifo_is_refused_without_hanging() {
     let env = TestEnv::new();
