@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mcp_wire::GRAPH_RESOURCE_URI;
 use serde_json::{Value, json};
 
 use crate::protocol::{Answer, LATEST_VERSION, RpcError, code, supported_version};
@@ -13,7 +14,7 @@ use crate::scope::current_project;
 use crate::session::{Session, SessionRegistry};
 use crate::store::{Store, StoreError};
 use crate::streams::EventStreams;
-use crate::tools::{self, GRAPH_RESOURCE_URI, ToolCall};
+use crate::tools::{self, ToolCall};
 
 const LOG_LEVELS: &[&str] = &["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
 

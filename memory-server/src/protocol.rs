@@ -5,21 +5,20 @@
 use std::fmt;
 
 use bytes::Bytes;
+use mcp_wire::{META_PROTOCOL_VERSION, V2024_11_05, V2025_03_26, V2025_06_18, V2025_11_25, V2026_07_28};
 
 use serde::de::{Deserializer as _, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 /// Session-based protocol revisions we speak, oldest first.
-pub const SESSION_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+pub const SESSION_VERSIONS: &[&str] = &[V2024_11_05, V2025_03_26, V2025_06_18, V2025_11_25];
 /// The answer to an `initialize` asking for a version we do not speak.
-pub const LATEST_VERSION: &str = "2025-11-25";
+pub const LATEST_VERSION: &str = V2025_11_25;
 /// The stateless revision (no handshake, no sessions; SPEC 2.9), served per request.
-pub const STATELESS_VERSION: &str = "2026-07-28";
+pub const STATELESS_VERSION: &str = V2026_07_28;
 /// Every version we speak, newest first (`server/discover`, `UnsupportedProtocolVersion` data).
-pub const ALL_VERSIONS: &[&str] = &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
-/// `_meta` key carrying a stateless request's protocol version.
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const ALL_VERSIONS: &[&str] = &[V2026_07_28, V2025_11_25, V2025_06_18, V2025_03_26, V2024_11_05];
 
 /// JSON-RPC and MCP error codes.
 pub mod code {
@@ -48,7 +47,7 @@ pub fn supported_version(v: &str) -> Option<&'static str> {
 /// clients (2024-11-05) technically could batch too, so only the revisions that
 /// explicitly dropped batching refuse them.
 pub fn version_allows_batch(v: &str) -> bool {
-    v <= "2025-03-26"
+    v <= V2025_03_26
 }
 
 /// The version a request names in `params._meta["io.modelcontextprotocol/protocolVersion"]`,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use mcp_wire::GRAPH_RESOURCE_URI;
 use rand::RngCore;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -16,7 +17,6 @@ use tokio::task::JoinHandle;
 
 use crate::protocol::notification;
 use crate::store::Store;
-use crate::tools::GRAPH_RESOURCE_URI;
 
 /// Live sessions kept at most; beyond it the longest-idle one is dropped.
 pub const MAX_SESSIONS: usize = 4096;

@@ -4,21 +4,18 @@
 //! `subscriptions/listen`. The transports (`transport::http`, `transport::stdio`) only
 //! frame what this module decides.
 
+use mcp_wire::{
+    BASE64_PREFIX, BASE64_SUFFIX, GRAPH_RESOURCE_URI, LISTEN, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION,
+    META_SERVER_INFO, META_SUBSCRIPTION_ID,
+};
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::dispatch::{McpServer, server_info};
 use crate::protocol::{
-    ALL_VERSIONS, Answer, META_PROTOCOL_VERSION, RawJson, RequestId, RpcError, STATELESS_VERSION, code, meta_version,
-    notification, response,
+    ALL_VERSIONS, Answer, RawJson, RequestId, RpcError, STATELESS_VERSION, code, meta_version, notification, response,
 };
 use crate::streams::StreamPermit;
-use crate::tools::GRAPH_RESOURCE_URI;
-
-pub const LISTEN: &str = "subscriptions/listen";
-pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
-pub const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
-pub const SUBSCRIPTION_ID_KEY: &str = "io.modelcontextprotocol/subscriptionId";
 
 /// The methods of 2026-07-28 we serve. `ping`, `logging/setLevel`, `initialize` and
 /// `resources/(un)subscribe` do not exist in this revision.
@@ -73,7 +70,7 @@ pub fn name_source<'a>(method: &str, params: Option<&'a Value>) -> Option<Option
 
 /// Decodes an `Mcp-Name` / `Mcp-Param-*` value: `=?base64?…?=` is Base64 of UTF-8.
 pub fn decode_header_value(raw: &str) -> Result<String, RpcError> {
-    if let Some(inner) = raw.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+    if let Some(inner) = raw.strip_prefix(BASE64_PREFIX).and_then(|r| r.strip_suffix(BASE64_SUFFIX)) {
         let bytes = base64_decode(inner)
             .ok_or_else(|| RpcError::header_mismatch(format!("header value {raw:?} is not valid Base64")))?;
         String::from_utf8(bytes)
@@ -143,7 +140,7 @@ pub fn decorate(method: &str, result: Answer) -> Answer {
 fn added_members(method: &str) -> Map<String, Value> {
     let mut added = Map::new();
     added.insert("resultType".into(), "complete".into());
-    added.insert("_meta".into(), json!({ SERVER_INFO_KEY: server_info() }));
+    added.insert("_meta".into(), json!({ META_SERVER_INFO: server_info() }));
     let cache = match method {
         "server/discover" | "tools/list" | "resources/list" | "resources/templates/list" => {
             Some((STATIC_TTL_MS, "public"))
@@ -238,7 +235,7 @@ impl McpServer {
         };
         let ack = notification(
             "notifications/subscriptions/acknowledged",
-            json!({ "_meta": { SUBSCRIPTION_ID_KEY: id }, "notifications": agreed }),
+            json!({ "_meta": { META_SUBSCRIPTION_ID: id }, "notifications": agreed }),
         );
         Ok(Listener { id: id.clone(), ack: Some(ack), changes, _permit: permit })
     }
@@ -270,13 +267,14 @@ impl Listener {
         }
         notification(
             "notifications/resources/updated",
-            json!({ "_meta": { SUBSCRIPTION_ID_KEY: &self.id }, "uri": GRAPH_RESOURCE_URI }),
+            json!({ "_meta": { META_SUBSCRIPTION_ID: &self.id }, "uri": GRAPH_RESOURCE_URI }),
         )
     }
 
     /// The graceful end of the subscription (server shutdown).
     pub fn closing_response(&self) -> Value {
-        response(&self.id, json!({ "resultType": "complete", "_meta": { SUBSCRIPTION_ID_KEY: &self.id } })).into_value()
+        response(&self.id, json!({ "resultType": "complete", "_meta": { META_SUBSCRIPTION_ID: &self.id } }))
+            .into_value()
     }
 }
 
@@ -309,11 +307,11 @@ mod tests {
         let r = decorate("tools/list", json!({"tools": []}).into()).into_value();
         assert_eq!(r["resultType"], "complete");
         assert_eq!(r["cacheScope"], "public");
-        assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "memory-server");
+        assert_eq!(r["_meta"][META_SERVER_INFO]["name"], "memory-server");
         let r = decorate("tools/call", json!({"content": [], "_meta": {"x": 1}}).into()).into_value();
         assert!(r.get("ttlMs").is_none());
         assert_eq!(r["_meta"]["x"], 1, "a result's own _meta is kept");
-        assert_eq!(r["_meta"][SERVER_INFO_KEY]["name"], "memory-server");
+        assert_eq!(r["_meta"][META_SERVER_INFO]["name"], "memory-server");
     }
 
     #[test]

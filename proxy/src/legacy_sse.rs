@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
+use mcp_wire::PROJECT_HEADER;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 use sse_stream::{Sse, SseStream};
@@ -28,7 +29,6 @@ use crate::discovery;
 use crate::relay::{RelayError, error_chain};
 use crate::upstream::Link;
 
-const PROJECT_HEADER: &str = "mcp-project-path";
 const STREAM_ENDED: &str = "its event stream ended";
 
 /// A ready connection: the stream of `generation` is being read and the handshake (if

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use mcp_wire::{LISTEN, PROJECT_HEADER, SESSION_HEADER, VERSION_HEADER};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
 use sse_stream::SseStream;
@@ -26,9 +27,6 @@ use crate::discovery::{self, DiscoveryError};
 use crate::stateless;
 use crate::upstream::Link;
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
-const PROJECT_HEADER: &str = "mcp-project-path";
 /// GET-stream reconnect attempts before giving up until the next recovery.
 const LISTEN_ATTEMPTS: u32 = 5;
 
@@ -183,7 +181,7 @@ impl Relay {
             Some(id) => {
                 let key = id.to_string();
                 let (cancel, cancelled) = oneshot::channel();
-                let listen = method.as_deref() == Some(stateless::LISTEN);
+                let listen = method.as_deref() == Some(LISTEN);
                 self.in_flight().insert(key.clone(), InFlight { listen, cancel });
                 let outcome = tokio::select! {
                     result = attempt => Some(result),
@@ -264,7 +262,7 @@ impl Relay {
         let url = self.endpoint().await?;
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
         let revision = stateless::revision(message);
-        let is_listen = revision.is_some() && message.get("method").and_then(Value::as_str) == Some(stateless::LISTEN);
+        let is_listen = revision.is_some() && message.get("method").and_then(Value::as_str) == Some(LISTEN);
         let (session, version, generation) = {
             let st = self.state();
             (st.session.clone(), st.version.clone(), st.generation)

@@ -4,18 +4,16 @@
 //! `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers mirror the body. No
 //! session id is ever sent with it.
 
+use mcp_wire::{BASE64_PREFIX, BASE64_SUFFIX, META_PROTOCOL_VERSION, PARAM_HEADER_PREFIX};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 /// The first revision without `initialize` and sessions.
-pub const FIRST_STATELESS_REVISION: &str = "2026-07-28";
-pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-/// The method that opens a long-lived notification stream.
-pub const LISTEN: &str = "subscriptions/listen";
+const FIRST_STATELESS_REVISION: &str = mcp_wire::V2026_07_28;
 
-const VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
-const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
-const NAME_HEADER: HeaderName = HeaderName::from_static("mcp-name");
+const VERSION_HEADER: HeaderName = HeaderName::from_static(mcp_wire::VERSION_HEADER);
+const METHOD_HEADER: HeaderName = HeaderName::from_static(mcp_wire::METHOD_HEADER);
+const NAME_HEADER: HeaderName = HeaderName::from_static(mcp_wire::NAME_HEADER);
 
 /// The stateless revision a message was sent under, if any: the per-request protocol
 /// version, when it names 2026-07-28 or a later revision (dates compare as strings).
@@ -167,7 +165,7 @@ pub fn param_values(annotations: &ParamHeaders, arguments: &Value) -> Vec<(Heade
             _ => continue,
         };
         if let (Ok(k), Ok(v)) =
-            (HeaderName::from_bytes(format!("mcp-param-{name}").as_bytes()), HeaderValue::from_str(&text))
+            (HeaderName::from_bytes(format!("{PARAM_HEADER_PREFIX}{name}").as_bytes()), HeaderValue::from_str(&text))
         {
             out.push((k, v));
         }
@@ -181,8 +179,8 @@ pub fn param_values(annotations: &ParamHeaders, arguments: &Value) -> Vec<(Heade
 pub fn encode_value(value: &str) -> String {
     let plain = value.bytes().all(|b| (0x20..=0x7e).contains(&b))
         && value.trim() == value
-        && !(value.starts_with("=?base64?") && value.ends_with("?="));
-    if plain { value.to_owned() } else { format!("=?base64?{}?=", base64(value.as_bytes())) }
+        && !(value.starts_with(BASE64_PREFIX) && value.ends_with(BASE64_SUFFIX));
+    if plain { value.to_owned() } else { format!("{BASE64_PREFIX}{}{BASE64_SUFFIX}", base64(value.as_bytes())) }
 }
 
 /// Standard Base64 with padding (RFC 4648 section 4).
@@ -205,6 +203,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mcp_wire::LISTEN;
     use serde_json::json;
 
     fn request(method: &str, params: Value) -> Value {

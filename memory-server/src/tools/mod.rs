@@ -8,14 +8,13 @@ mod encode;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
+use mcp_wire::GRAPH_RESOURCE_URI;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::protocol::{Answer, RawJson, RpcError};
 use crate::store::model::{Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation};
 use crate::store::{GraphError, Store, StoreError, graph};
-
-pub const GRAPH_RESOURCE_URI: &str = "memory://knowledge-graph";
 
 /// `open_nodes` calls with at most this many names run on the async worker that
 /// received them rather than on a blocking thread (see `run`).

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
+use mcp_wire::{PROJECT_HEADER, SESSION_HEADER, VERSION_HEADER};
 use serde_json::{Value, json};
 
 use super::guard::guard;
@@ -32,9 +33,6 @@ use crate::session::{Session, StreamGuard};
 use crate::stateless::is_stateless;
 use crate::streams::{StreamKind, StreamPermit, TooManyStreams};
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
-pub const PROJECT_HEADER: &str = "mcp-project-path";
-pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// MCP's error code for an unknown session (as the official SDKs send it).
 const SESSION_NOT_FOUND: i64 = -32001;
 

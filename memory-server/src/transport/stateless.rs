@@ -11,15 +11,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
+use mcp_wire::{LISTEN, METHOD_HEADER, NAME_HEADER, VERSION_HEADER};
 use serde_json::Value;
 
-use super::http::{AppState, ReplyFormat, VERSION_HEADER, accepts, rpc_error_response, too_many_streams};
+use super::http::{AppState, ReplyFormat, accepts, rpc_error_response, too_many_streams};
 use crate::protocol::{Answer, Incoming, Message, RequestId, RpcError, error_response, meta_version, response};
-use crate::stateless::{self, LISTEN, Listener};
+use crate::stateless::{self, Listener};
 use crate::streams::StreamKind;
-
-pub const METHOD_HEADER: &str = "mcp-method";
-pub const NAME_HEADER: &str = "mcp-name";
 
 /// Serves one POST of the stateless revision (the body already parsed).
 pub(super) async fn post(

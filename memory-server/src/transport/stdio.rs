@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use mcp_wire::LISTEN;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -17,7 +18,7 @@ use crate::project::ProjectPath;
 use crate::protocol::{Answer, Incoming, Message, RequestId, RpcError, code, error_response, parse_json, response};
 use crate::scope::with_project;
 use crate::session::{Session, SessionRegistry};
-use crate::stateless::{self, LISTEN};
+use crate::stateless;
 use crate::streams::StreamKind;
 
 /// Bytes asked of stdin per read; a line is assembled from as many reads as it takes.
