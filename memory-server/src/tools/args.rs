@@ -1,10 +1,12 @@
-//! Tool argument parsing: JSON arguments become typed requests, or an error naming the
-//! offending field in the official server's words (`expected array, received string at
-//! entities`), so a model that learned from that server corrects itself the same way.
+//! What every tool's argument parsing shares: a cursor into the JSON arguments that
+//! turns them into typed values, or into an error naming the offending field in the
+//! official server's words (`expected array, received string at entities`), so a model
+//! that learned from that server corrects itself the same way. Each tool's own fields
+//! are read in its file.
 
 use serde_json::Value;
 
-use crate::store::model::{Entity, ObservationAddition, ObservationDeletion, Relation};
+use crate::store::model::Relation;
 
 /// A problem with one field of a tool's arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +29,7 @@ type Result<T> = std::result::Result<T, ArgError>;
 
 /// A cursor into the arguments that remembers its path for error messages.
 #[derive(Clone, Copy)]
-struct Field<'a> {
+pub(super) struct Field<'a> {
     value: Option<&'a Value>,
     parent: Option<&'a Field<'a>>,
     key: Key<'a>,
@@ -41,11 +43,11 @@ enum Key<'a> {
 }
 
 impl<'a> Field<'a> {
-    fn root(value: &'a Value) -> Self {
+    pub(super) fn root(value: &'a Value) -> Self {
         Field { value: Some(value), parent: None, key: Key::Root }
     }
 
-    fn get(&'a self, key: &'a str) -> Field<'a> {
+    pub(super) fn get(&'a self, key: &'a str) -> Field<'a> {
         Field { value: self.value.and_then(|v| v.get(key)), parent: Some(self), key: Key::Name(key) }
     }
 
@@ -79,7 +81,7 @@ impl<'a> Field<'a> {
         self.fail(format!("Invalid input: expected {expected}, received {}", js_type(self.value)))
     }
 
-    fn string(&self) -> Result<String> {
+    pub(super) fn string(&self) -> Result<String> {
         match self.value {
             Some(Value::String(s)) => Ok(s.clone()),
             _ => Err(self.mismatch("string")),
@@ -87,7 +89,7 @@ impl<'a> Field<'a> {
     }
 
     /// An entity name: a string that is not empty.
-    fn name(&self) -> Result<String> {
+    pub(super) fn name(&self) -> Result<String> {
         let s = self.string()?;
         if s.is_empty() {
             return Err(self.fail("Invalid input: entity name must not be empty".into()));
@@ -95,7 +97,7 @@ impl<'a> Field<'a> {
         Ok(s)
     }
 
-    fn array<T>(&self, mut item: impl FnMut(&Field<'_>) -> Result<T>) -> Result<Vec<T>> {
+    pub(super) fn array<T>(&self, mut item: impl FnMut(&Field<'_>) -> Result<T>) -> Result<Vec<T>> {
         let Some(Value::Array(items)) = self.value else {
             return Err(self.mismatch("array"));
         };
@@ -106,7 +108,7 @@ impl<'a> Field<'a> {
             .collect()
     }
 
-    fn object(&self) -> Result<&Self> {
+    pub(super) fn object(&self) -> Result<&Self> {
         match self.value {
             Some(Value::Object(_)) => Ok(self),
             _ => Err(self.mismatch("object")),
@@ -126,97 +128,18 @@ fn js_type(v: Option<&Value>) -> &'static str {
     }
 }
 
-fn strings(f: &Field<'_>) -> Result<Vec<String>> {
+/// An array of strings.
+pub(super) fn strings(f: &Field<'_>) -> Result<Vec<String>> {
     f.array(|s| s.string())
 }
 
-fn relation(f: &Field<'_>) -> Result<Relation> {
+/// One relation, as `create_relations` and `delete_relations` both take it; its ends
+/// must be non-empty names.
+pub(super) fn relation(f: &Field<'_>) -> Result<Relation> {
     let f = f.object()?;
     Ok(Relation {
         from: f.get("from").name()?,
         to: f.get("to").name()?,
         relation_type: f.get("relationType").string()?,
     })
-}
-
-pub fn create_entities(args: &Value) -> Result<Vec<Entity>> {
-    Field::root(args).get("entities").array(|e| {
-        let e = e.object()?;
-        Ok(Entity {
-            name: e.get("name").name()?,
-            entity_type: e.get("entityType").string()?,
-            observations: strings(&e.get("observations"))?,
-        })
-    })
-}
-
-pub fn relations(args: &Value) -> Result<Vec<Relation>> {
-    Field::root(args).get("relations").array(relation)
-}
-
-pub fn add_observations(args: &Value) -> Result<Vec<ObservationAddition>> {
-    Field::root(args).get("observations").array(|o| {
-        let o = o.object()?;
-        Ok(ObservationAddition { entity_name: o.get("entityName").name()?, contents: strings(&o.get("contents"))? })
-    })
-}
-
-pub fn delete_entities(args: &Value) -> Result<Vec<String>> {
-    strings(&Field::root(args).get("entityNames"))
-}
-
-pub fn delete_observations(args: &Value) -> Result<Vec<ObservationDeletion>> {
-    Field::root(args).get("deletions").array(|d| {
-        let d = d.object()?;
-        Ok(ObservationDeletion {
-            entity_name: d.get("entityName").string()?,
-            observations: strings(&d.get("observations"))?,
-        })
-    })
-}
-
-pub fn search_query(args: &Value) -> Result<String> {
-    Field::root(args).get("query").string()
-}
-
-pub fn open_names(args: &Value) -> Result<Vec<String>> {
-    strings(&Field::root(args).get("names"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn errors_name_the_field_like_the_official_server() {
-        let e = create_entities(&json!({})).unwrap_err();
-        assert_eq!(
-            e.message("create_entities"),
-            "MCP error -32602: Input validation error: Invalid arguments for tool create_entities: \
-             Invalid input: expected array, received undefined at entities"
-        );
-        let e = create_entities(&json!({"entities":[{"name":1,"entityType":"t","observations":[]}]})).unwrap_err();
-        assert_eq!(e.path, "entities[0].name");
-        assert_eq!(e.problem, "Invalid input: expected string, received number");
-        let e = add_observations(&json!({"observations":[{"entityName":"a","contents":"x"}]})).unwrap_err();
-        assert_eq!(e.path, "observations[0].contents");
-        let e = search_query(&json!({"query": null})).unwrap_err();
-        assert_eq!(e.problem, "Invalid input: expected string, received null");
-    }
-
-    #[test]
-    fn empty_entity_names_are_refused() {
-        let e = create_entities(&json!({"entities":[{"name":"","entityType":"t","observations":[]}]})).unwrap_err();
-        assert_eq!(e.path, "entities[0].name");
-        assert!(e.problem.contains("empty"));
-        let e = relations(&json!({"relations":[{"from":"a","to":"","relationType":"r"}]})).unwrap_err();
-        assert_eq!(e.path, "relations[0].to");
-    }
-
-    #[test]
-    fn parses_valid_arguments() {
-        let r = relations(&json!({"relations":[{"from":"a","to":"b","relationType":"r","extra":1}]})).unwrap();
-        assert_eq!(r, vec![Relation { from: "a".into(), to: "b".into(), relation_type: "r".into() }]);
-    }
 }

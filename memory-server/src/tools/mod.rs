@@ -1,9 +1,20 @@
 //! The nine memory tools of `@modelcontextprotocol/server-memory`, drop-in: the catalog
 //! (names, titles, descriptions, schemas, annotations) is the official server's, and
-//! every result is shaped and pretty-printed exactly as that server prints it.
+//! every result is shaped and pretty-printed exactly as that server prints it. Each tool
+//! is one file (its arguments, its store call, its result); this one parses a call by
+//! name, decides where it runs, and holds what their results share.
 
-pub mod args;
+mod add_observations;
+mod args;
+mod create_entities;
+mod create_relations;
+mod delete_entities;
+mod delete_observations;
+mod delete_relations;
 mod encode;
+mod open_nodes;
+mod read_graph;
+mod search_nodes;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
@@ -65,19 +76,6 @@ fn cached_graph_answer(
     Ok(Answer::Raw(RawJson::trusted(bytes)))
 }
 
-/// The search's graph, or `None` when written rows wait to be indexed first (a write;
-/// see `Store::update_search_index`). The check shares the search's read transaction.
-fn search_if_indexed(
-    c: &rusqlite::Connection,
-    store: &Store,
-    query: &str,
-) -> Result<Option<KnowledgeGraph>, GraphError> {
-    if graph::search_index_is_stale(c)? {
-        return Ok(None);
-    }
-    graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
-}
-
 /// An answer that cannot be encoded (serde_json writing our own types into memory
 /// does not fail in practice) fails the read like an SQL conversion would.
 fn encode_failure(e: serde_json::Error) -> GraphError {
@@ -103,15 +101,15 @@ impl ToolCall {
     /// reported to the model as a tool result with `isError: true`.
     pub fn parse(name: &str, arguments: &Value) -> Result<Result<ToolCall, Answer>, RpcError> {
         let parsed = match name {
-            "create_entities" => args::create_entities(arguments).map(ToolCall::CreateEntities),
-            "create_relations" => args::relations(arguments).map(ToolCall::CreateRelations),
-            "add_observations" => args::add_observations(arguments).map(ToolCall::AddObservations),
-            "delete_entities" => args::delete_entities(arguments).map(ToolCall::DeleteEntities),
-            "delete_observations" => args::delete_observations(arguments).map(ToolCall::DeleteObservations),
-            "delete_relations" => args::relations(arguments).map(ToolCall::DeleteRelations),
+            "create_entities" => create_entities::parse(arguments).map(ToolCall::CreateEntities),
+            "create_relations" => create_relations::parse(arguments).map(ToolCall::CreateRelations),
+            "add_observations" => add_observations::parse(arguments).map(ToolCall::AddObservations),
+            "delete_entities" => delete_entities::parse(arguments).map(ToolCall::DeleteEntities),
+            "delete_observations" => delete_observations::parse(arguments).map(ToolCall::DeleteObservations),
+            "delete_relations" => delete_relations::parse(arguments).map(ToolCall::DeleteRelations),
             "read_graph" => Ok(ToolCall::ReadGraph),
-            "search_nodes" => args::search_query(arguments).map(ToolCall::SearchNodes),
-            "open_nodes" => args::open_names(arguments).map(ToolCall::OpenNodes),
+            "search_nodes" => search_nodes::parse(arguments).map(ToolCall::SearchNodes),
+            "open_nodes" => open_nodes::parse(arguments).map(ToolCall::OpenNodes),
             _ => return Err(RpcError::invalid_params(format!("Unknown tool: {name}"))),
         };
         Ok(parsed.map_err(|e| error_result(&e.message(name))))
@@ -124,21 +122,12 @@ impl ToolCall {
     }
 
     fn read(self, store: &Store) -> Result<Answer, ToolError> {
-        Ok(match self {
-            ToolCall::ReadGraph => cached_graph_answer(store, "read_graph", graph_result)?,
-            ToolCall::SearchNodes(q) => {
-                let found = match store.read(|c| search_if_indexed(c, store, &q))? {
-                    Some(found) => found,
-                    None => {
-                        store.update_search_index()?;
-                        store.read(|c| graph::search_nodes_planned(c, &q, store.trigram_counts()))?
-                    }
-                };
-                graph_result(&found)?
-            }
-            ToolCall::OpenNodes(n) => graph_result(&store.read(move |c| graph::open_nodes(c, &n))?)?,
-            write => return Err(ToolError::NotARead(write.name())),
-        })
+        match self {
+            ToolCall::ReadGraph => read_graph::read(store),
+            ToolCall::SearchNodes(query) => search_nodes::read(store, &query),
+            ToolCall::OpenNodes(names) => open_nodes::read(store, names),
+            write => Err(ToolError::NotARead(write.name())),
+        }
     }
 
     /// Whether this is a write of a few rows, which may run at once on the async worker
@@ -158,32 +147,17 @@ impl ToolCall {
     /// or run at once when it is small and nothing else writes.
     async fn write(self, store: &Arc<Store>, cancel: Option<Arc<AtomicBool>>) -> Result<Answer, ToolError> {
         let small = self.is_small_write();
-        Ok(match self {
-            ToolCall::CreateEntities(e) => {
-                list("entities", &commit(store, small, cancel, move |c| graph::create_entities(c, &e)).await?)?
-            }
-            ToolCall::CreateRelations(r) => {
-                list("relations", &commit(store, small, cancel, move |c| graph::create_relations(c, &r)).await?)?
-            }
-            ToolCall::AddObservations(a) => {
-                list("results", &commit(store, small, cancel, move |c| graph::add_observations(c, &a)).await?)?
-            }
-            ToolCall::DeleteEntities(n) => {
-                store.write_async(cancel, move |c| graph::delete_entities(c, &n)).await?;
-                message("Entities deleted successfully")
-            }
-            ToolCall::DeleteObservations(d) => {
-                store.write_async(cancel, move |c| graph::delete_observations(c, &d)).await?;
-                message("Observations deleted successfully")
-            }
-            ToolCall::DeleteRelations(r) => {
-                store.write_async(cancel, move |c| graph::delete_relations(c, &r)).await?;
-                message("Relations deleted successfully")
-            }
+        match self {
+            ToolCall::CreateEntities(entities) => create_entities::write(store, small, cancel, entities).await,
+            ToolCall::CreateRelations(relations) => create_relations::write(store, small, cancel, relations).await,
+            ToolCall::AddObservations(additions) => add_observations::write(store, small, cancel, additions).await,
+            ToolCall::DeleteEntities(names) => delete_entities::write(store, cancel, names).await,
+            ToolCall::DeleteObservations(deletions) => delete_observations::write(store, cancel, deletions).await,
+            ToolCall::DeleteRelations(relations) => delete_relations::write(store, cancel, relations).await,
             read @ (ToolCall::ReadGraph | ToolCall::SearchNodes(_) | ToolCall::OpenNodes(_)) => {
-                return Err(ToolError::NotAWrite(read.name()));
+                Err(ToolError::NotAWrite(read.name()))
             }
-        })
+        }
     }
 
     /// Runs a read whose cost is small and bounded right here, on the async worker:
@@ -196,10 +170,10 @@ impl ToolCall {
     fn run_quick(&self, store: &Store) -> Option<Answer> {
         let found = match self {
             ToolCall::OpenNodes(names) if names.len() <= QUICK_OPEN_NAMES => {
-                store.try_read(|c| graph::open_nodes(c, names))?.map(Some)
+                open_nodes::try_read(store, names)?.map(Some)
             }
             ToolCall::SearchNodes(query) if store.trigram_counts().search_is_cheap(query) => {
-                store.try_read(|c| search_if_indexed(c, store, query))?
+                search_nodes::try_read(store, query)?
             }
             _ => return None,
         };
