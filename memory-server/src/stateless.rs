@@ -4,6 +4,8 @@
 //! `subscriptions/listen`. The transports (`transport::http`, `transport::stdio`) only
 //! frame what this module decides.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use mcp_wire::{
     BASE64_PREFIX, BASE64_SUFFIX, GRAPH_RESOURCE_URI, LISTEN, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION,
     META_SERVER_INFO, META_SUBSCRIPTION_ID,
@@ -68,42 +70,19 @@ pub fn name_source<'a>(method: &str, params: Option<&'a Value>) -> Option<Option
     Some(params.and_then(|p| p.get(field)).and_then(Value::as_str))
 }
 
-/// Decodes an `Mcp-Name` / `Mcp-Param-*` value: `=?base64?…?=` is Base64 of UTF-8.
+/// Decodes an `Mcp-Name` / `Mcp-Param-*` value: `=?base64?…?=` is Base64 of UTF-8, in
+/// the standard alphabet with its padding (the revision's examples); anything else
+/// inside the markers is refused, not guessed at.
 pub fn decode_header_value(raw: &str) -> Result<String, RpcError> {
     if let Some(inner) = raw.strip_prefix(BASE64_PREFIX).and_then(|r| r.strip_suffix(BASE64_SUFFIX)) {
-        let bytes = base64_decode(inner)
-            .ok_or_else(|| RpcError::header_mismatch(format!("header value {raw:?} is not valid Base64")))?;
+        let bytes = BASE64
+            .decode(inner)
+            .map_err(|_| RpcError::header_mismatch(format!("header value {raw:?} is not valid Base64")))?;
         String::from_utf8(bytes)
             .map_err(|_| RpcError::header_mismatch(format!("header value {raw:?} does not decode to UTF-8")))
     } else {
         Ok(raw.to_owned())
     }
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let trimmed = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in trimmed.bytes() {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// The `server/discover` result (before decoration); `placement` says where the
@@ -285,8 +264,27 @@ mod tests {
     #[test]
     fn base64_sentinel() {
         assert_eq!(decode_header_value("=?base64?SGVsbG8sIOS4lueVjA==?=").unwrap(), "Hello, 世界");
+        assert_eq!(decode_header_value("=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=").unwrap(), "=?base64?literal?=");
+        assert_eq!(decode_header_value("=?base64??=").unwrap(), "");
         assert_eq!(decode_header_value("plain").unwrap(), "plain");
-        assert_eq!(decode_header_value("=?base64?!!?=").unwrap_err().code, code::HEADER_MISMATCH);
+    }
+
+    #[test]
+    fn base64_values_must_be_standard_and_padded() {
+        let refused = [
+            "=?base64?!!?=",
+            "=?base64?SGVs bG8=?=",
+            "=?base64?/w==?=", // 0xFF: not UTF-8
+            // Accepted by the lenient decoder this crate had before the `base64` crate:
+            "=?base64?SGVsbG8?=", // no padding
+            "=?base64?SGk==?=",   // too much padding
+            "=?base64?SGl=?=",    // bits set after the last byte
+            "=?base64?Pz8-?=",    // URL-safe alphabet
+            "=?base64?Pz8_?=",    // URL-safe alphabet
+        ];
+        for raw in refused {
+            assert_eq!(decode_header_value(raw).unwrap_err().code, code::HEADER_MISMATCH, "{raw}");
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers mirror the body. No
 //! session id is ever sent with it.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use mcp_wire::{BASE64_PREFIX, BASE64_SUFFIX, META_PROTOCOL_VERSION, PARAM_HEADER_PREFIX};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
@@ -175,29 +177,12 @@ pub fn param_values(annotations: &ParamHeaders, arguments: &Value) -> Vec<(Heade
 
 /// A value as the revision's "Value Encoding" carries it: verbatim when it is printable
 /// ASCII without leading or trailing whitespace and does not look like the sentinel,
-/// else `=?base64?<Base64 of the UTF-8>?=`.
+/// else `=?base64?<Base64 of the UTF-8, standard alphabet, padded>?=`.
 pub fn encode_value(value: &str) -> String {
     let plain = value.bytes().all(|b| (0x20..=0x7e).contains(&b))
         && value.trim() == value
         && !(value.starts_with(BASE64_PREFIX) && value.ends_with(BASE64_SUFFIX));
-    if plain { value.to_owned() } else { format!("{BASE64_PREFIX}{}{BASE64_SUFFIX}", base64(value.as_bytes())) }
-}
-
-/// Standard Base64 with padding (RFC 4648 section 4).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    if plain { value.to_owned() } else { format!("{BASE64_PREFIX}{}{BASE64_SUFFIX}", BASE64.encode(value)) }
 }
 
 #[cfg(test)]
@@ -311,9 +296,10 @@ mod tests {
         assert_eq!(encode_value(" padded "), "=?base64?IHBhZGRlZCA=?=");
         assert_eq!(encode_value("line1\nline2"), "=?base64?bGluZTEKbGluZTI=?=");
         assert_eq!(encode_value("=?base64?literal?="), "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=");
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
+        // Standard alphabet, padded: one, two and three bytes.
+        assert_eq!(encode_value(" "), "=?base64?IA==?=");
+        assert_eq!(encode_value(" a"), "=?base64?IGE=?=");
+        assert_eq!(encode_value(" ab"), "=?base64?IGFi?=");
+        assert_eq!(encode_value("\u{ffff}"), "=?base64?77+/?=");
     }
 }
