@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
 use mcp_wire::{PROJECT_HEADER, SESSION_HEADER, VERSION_HEADER};
 use serde_json::{Value, json};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use super::guard::guard;
 use crate::config::DaemonConfig;
@@ -46,13 +47,31 @@ pub fn app(state: AppState) -> AxumRouter {
     let mcp = AxumRouter::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
         .layer(middleware::from_fn(project_scope));
+    // Only a test build has a route that panics (for the layer that answers panics).
+    #[cfg(test)]
+    let mcp = mcp.route(tests::PANIC_PATH, get(tests::panic));
     AxumRouter::new()
         .merge(mcp)
         .route("/health", get(health))
         .route("/ping", get(health))
         .layer(middleware::from_fn_with_state(state.config.clone(), guard))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Outermost, so a panic anywhere in a request's handling (guard included) still
+        // gets an answer in the protocol, and the connection stays usable.
+        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// What a client gets when handling its request panicked: a JSON-RPC internal error
+/// that names nothing of the panic (its message goes to the log only).
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let message = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+    tracing::error!(panic = message.unwrap_or("(not a string)"), "a request handler panicked; answered 500");
+    rpc_error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        None,
+        &RpcError::internal("Internal error: the server failed while handling this request; its log has the details"),
+    )
 }
 
 /// Parses `Mcp-Project-Path` once and runs the request inside its task-local scope.
@@ -416,3 +435,6 @@ pub(super) fn too_many_streams(id: Option<&RequestId>, e: &TooManyStreams) -> Re
 pub fn rpc_error_response(status: StatusCode, id: Option<&RequestId>, err: &RpcError) -> Response {
     (status, axum::Json(error_response(id, err))).into_response()
 }
+
+#[cfg(test)]
+mod tests;
