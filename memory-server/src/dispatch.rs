@@ -1,5 +1,5 @@
 //! MCP method dispatch, shared by the HTTP and stdio transports: one request in, one
-//! result or [`RpcError`] out. The request's project comes from the task-local set by
+//! result or `RpcError` out. The request's project comes from the task-local set by
 //! the transport (see `routing`), its session (if any) from the caller.
 
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The memory daemon as a library: the binary in `main.rs` only parses the command line
-//! and calls [`serve`] or [`transport::stdio::run`]. See ARCHITECTURE.md for the map.
+//! and calls [`serve`] or [`transport::stdio::run`]. Only the modules `main.rs` uses are
+//! public (nothing else links this library); the rest is the crate's own. See
+//! ARCHITECTURE.md for the map.
 
 // Error values here (a JSON-RPC error with its request id, an HTTP response) are built
 // on cold paths only; boxing them would buy nothing but noise at every call site.
@@ -8,14 +10,14 @@
 pub mod config;
 pub mod dispatch;
 pub mod project;
-pub mod protocol;
+mod protocol;
 pub mod routing;
-pub mod scope;
+mod scope;
 pub mod serve;
-pub mod session;
-pub mod stateless;
+mod session;
+mod stateless;
 pub mod store;
-pub mod streams;
-pub mod tools;
+mod streams;
+mod tools;
 pub mod transfer;
 pub mod transport;

@@ -8,10 +8,10 @@
 //! known to be small.
 
 mod commit;
-pub mod graph;
+pub(crate) mod graph;
 mod maintenance;
-pub mod migrate;
-pub mod model;
+mod migrate;
+pub(crate) mod model;
 mod open;
 mod readers;
 pub mod registry;
@@ -31,7 +31,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::broadcast;
 
 pub use graph::GraphError;
-pub use open::{DbFile, check_regular_file, create_private_dirs, create_private_file};
+pub use open::{DbFile, check_regular_file, create_private_file};
 
 use commit::WRITE_DEADLINE;
 use open::FileIdentity;

@@ -349,7 +349,7 @@ impl Store {
 
     /// Indexes for search the rows written since the index was last brought up to date
     /// (a derived write: nothing when none wait, and no change notice). Searches call this
-    /// first when [`graph::search_index_is_stale`] says rows wait. Blocks.
+    /// first when `graph::search_index_is_stale` says rows wait. Blocks.
     pub fn update_search_index(&self) -> Result<(), StoreError> {
         let (job, outcome) = index_update_job();
         if commit::Queue::push(&self.writer.queue, job) {

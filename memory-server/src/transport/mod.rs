@@ -2,8 +2,8 @@
 //! stdio (a drop-in for the official stdio server). Both only frame messages; the MCP
 //! logic lives in `dispatch`.
 
-pub mod guard;
-pub mod http;
-pub mod listener;
+mod guard;
+pub(crate) mod http;
+pub(crate) mod listener;
 mod stateless;
 pub mod stdio;
