@@ -1,4 +1,4 @@
-//! Command line and environment, parsed once into [`Command`] and [`DaemonConfig`]; the
+//! Command line and environment, parsed once into [`Cli`] and [`DaemonConfig`]; the
 //! rest of the program trusts these values.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
