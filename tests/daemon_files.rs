@@ -271,6 +271,13 @@ async fn an_unwritable_project_keeps_its_own_database_and_never_splits() {
     std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o555)).unwrap();
     let msg = tool_error(&client(Some(&roots)), "create_entities", entities(&["x"])).await;
     assert!(msg.contains("roots") && msg.contains("owned by uid 0"), "{msg}");
+    // Ours, but its `.claude` is another user's (and not writable by us): refused too.
+    let foreign_claude = env.project("foreign-claude");
+    chown(&foreign_claude, NOBODY);
+    std::fs::create_dir(foreign_claude.join(".claude")).unwrap();
+    let msg = tool_error(&client(Some(&foreign_claude)), "create_entities", entities(&["x"])).await;
+    assert!(msg.contains(".claude") && msg.contains("owned by uid 0"), "{msg}");
+    assert!(!kept_db(&env, &foreign_claude).exists(), "not quietly moved to the data directory");
     for p in [&read_only, &other, &roots] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

@@ -106,11 +106,14 @@ impl Router {
         }
         let own = DbFile::in_project(project.as_path());
         let claude = project.as_path().join(".claude");
-        // A directory of another user's is refused when its store opens (it could
-        // redirect the database), not quietly moved.
+        let claude_meta = claude.symlink_metadata().ok();
+        // What another user owns, or a link, is refused when the store opens (it could
+        // redirect the database), not quietly moved to the data directory.
+        let suspect = !owned_by_us(project.as_path())
+            || claude_meta.as_ref().is_some_and(|m| m.file_type().is_symlink() || !is_ours(m));
         let usable = own.path().symlink_metadata().is_ok()
-            || !owned_by_us(project.as_path())
-            || (writable(project.as_path()) && (claude.symlink_metadata().is_err() || writable(&claude)));
+            || suspect
+            || (writable(project.as_path()) && (claude_meta.is_none() || writable(&claude)));
         if usable {
             Placement::InProject(own)
         } else {
@@ -183,9 +186,13 @@ fn canonical_prefix(path: &Path) -> PathBuf {
 }
 
 fn owned_by_us(path: &Path) -> bool {
+    path.symlink_metadata().is_ok_and(|m| is_ours(&m))
+}
+
+fn is_ours(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    path.symlink_metadata().is_ok_and(|m| m.uid() == unsafe { libc::geteuid() })
+    meta.uid() == unsafe { libc::geteuid() }
 }
 
 /// Whether this process may create files in `dir` (`access(2)`, which knows about

@@ -214,7 +214,9 @@ impl StoreRegistry {
         let channels = self.channels.clone();
         async move {
             store.close().await;
-            channels.remove_if(&path, |_, tx| tx.receiver_count() == 0);
+            // Kept while anyone listens, or while a store opened again since holds it
+            // (checked under the map's lock, which that store took its copy under).
+            channels.remove_if(&path, |_, tx| tx.receiver_count() == 0 && tx.strong_count() == 1);
         }
     }
 
