@@ -6,7 +6,7 @@
 //! reaches its subscriber.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,11 @@ impl SoakSettings {
     }
 }
 
+/// Entities a project holds at most: writes create and delete names from a fixed set,
+/// so the data stays the same size and what the samples show is the daemon, not a
+/// growing graph.
+const NAMES: usize = 200;
+
 /// How long a write to a subscribed project waits for its notification.
 const NOTICE_WAIT: Duration = Duration::from_secs(5);
 
@@ -58,10 +63,15 @@ pub async fn run(ctx: &Ctx, rec: &mut Rec, set: &SoakSettings) -> Res<()> {
     let dir = ctx.scratch.join("soak");
     let home = dir.join("home");
     std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    eprintln!("bench: soak: filling {} projects with {NAMES} entities each", set.projects);
     let projects: Vec<String> = (0..set.projects)
         .map(|i| {
             let p: PathBuf = dir.join(format!("p{i:04}"));
-            std::fs::create_dir_all(&p).map(|()| p.to_string_lossy().into_owned()).map_err(|e| e.to_string())
+            std::fs::create_dir_all(&p).map_err(|e| e.to_string())?;
+            if i >= set.subscribed {
+                prefill(ctx, &home, &p, i)?;
+            }
+            Ok(p.to_string_lossy().into_owned())
         })
         .collect::<Res<_>>()?;
     let port = sys::free_port()?;
@@ -80,9 +90,11 @@ pub async fn run(ctx: &Ctx, rec: &mut Rec, set: &SoakSettings) -> Res<()> {
     );
 
     let notices: Notices = Rc::new(RefCell::new(HashMap::new()));
+    // The shared client gives up on a request after 120 s; these streams last the run.
+    let streams_client = reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?;
     let mut streams = Vec::new();
     for (i, project) in projects.iter().enumerate().take(set.subscribed) {
-        streams.push(subscribe(&ctx.client, &url, project, i).await?);
+        streams.push(subscribe(&streams_client, &url, project, i).await?);
         notices.borrow_mut().insert(i, 0);
     }
     // The streams are read beside the load, on this task; they end with it.
@@ -94,6 +106,32 @@ pub async fn run(ctx: &Ctx, rec: &mut Rec, set: &SoakSettings) -> Res<()> {
     };
     proc.stop().await;
     result
+}
+
+/// Gives a project the names the load draws from (`e0` … `e199`, one observation each)
+/// before the run, with `memory-server import`, so the graphs start at the size the
+/// load keeps them at and the samples show the daemon, not data growing.
+fn prefill(ctx: &Ctx, home: &std::path::Path, project: &std::path::Path, p: usize) -> Res<()> {
+    let file = project.with_extension("jsonl");
+    let lines: String = (0..NAMES)
+        .map(|k| {
+            let e = json!({"type": "entity", "name": format!("e{k}"), "entityType": "soak", "observations": [format!("note {k} of project {p}")]});
+            format!("{e}\n")
+        })
+        .collect();
+    std::fs::write(&file, lines).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(&ctx.memory_server)
+        .env("HOME", home)
+        .arg("import")
+        .arg("--project")
+        .arg(project)
+        .arg(&file)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("import failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
 }
 
 /// Counts the `notifications/resources/updated` events of a session's stream.
@@ -183,7 +221,8 @@ async fn soak(
     // Writes to a subscribed project go one at a time, each waiting for its notice, so
     // a missing notification cannot hide behind a neighbour's.
     let busy: RefCell<Vec<bool>> = RefCell::new(vec![false; set.subscribed]);
-    let entities: RefCell<Vec<u64>> = RefCell::new(vec![0; projects.len()]);
+    // Per subscribed project: the names it holds (oldest first) and the last one made.
+    let live: RefCell<Vec<(VecDeque<String>, u64)>> = RefCell::new(vec![(VecDeque::new(), 0); set.subscribed]);
     let fail = |e: String| {
         errors.set(errors.get() + 1);
         first_error.borrow_mut().get_or_insert(e);
@@ -191,7 +230,7 @@ async fn soak(
 
     let client = |c: usize| {
         let (fail, calls) = (&fail, &calls);
-        let (busy, entities, subscribed_writes, missed) = (&busy, &entities, &subscribed_writes, &missed);
+        let (busy, live, subscribed_writes, missed) = (&busy, &live, &subscribed_writes, &missed);
         async move {
             let mut rng = Rng::new(0x5eed + c as u64);
             let mut id = (c as u64) << 40;
@@ -199,56 +238,47 @@ async fn soak(
                 let p = rng.below(projects.len());
                 let op = rng.below(10);
                 id += 1;
-                let known = entities.borrow()[p];
-                let (body, write) = match op {
-                    0..=2 => {
-                        let n = known;
-                        let e = json!({"name": format!("e{n}"), "entityType": "soak", "observations": [format!("note {n} of project {p}")]});
-                        (call(id, "create_entities", json!({"entities": [e]})), true)
-                    }
-                    3 if known > 0 => {
-                        let target = format!("e{}", rng.below(known as usize));
-                        let obs = format!("more {id}");
-                        (
-                            call(
-                                id,
-                                "add_observations",
-                                json!({"observations": [{"entityName": target, "contents": [obs]}]}),
-                            ),
-                            true,
-                        )
-                    }
-                    3..=6 => {
-                        let names: Vec<String> =
-                            (0..3).map(|_| format!("e{}", rng.below(known.max(1) as usize))).collect();
-                        (call(id, "open_nodes", json!({"names": names})), false)
-                    }
-                    _ => (
-                        call(
-                            id,
-                            "search_nodes",
-                            json!({"query": format!("note {}", rng.below(known.max(1) as usize))}),
-                        ),
-                        false,
-                    ),
-                };
-                let watched = write && p < busy.borrow().len();
+                let watched = op <= 3 && p < set.subscribed;
                 if watched {
                     if busy.borrow()[p] {
                         continue; // another client writes there now; pick again
                     }
                     busy.borrow_mut()[p] = true;
                 }
+                let k = rng.below(NAMES);
+                let body = match op {
+                    // A subscribed project's writes always change it (a new name, or the
+                    // oldest one deleted), so each must be announced.
+                    0..=3 if watched => {
+                        let mut names = live.borrow_mut();
+                        let (queue, next) = &mut names[p];
+                        if queue.len() >= NAMES || (op == 3 && !queue.is_empty()) {
+                            let name = queue.pop_front().unwrap_or_default();
+                            call(id, "delete_entities", json!({"entityNames": [name]}))
+                        } else {
+                            *next += 1;
+                            let name = format!("s{next}");
+                            queue.push_back(name.clone());
+                            let e = json!({"name": name, "entityType": "soak", "observations": [format!("note {next} of project {p}")]});
+                            call(id, "create_entities", json!({"entities": [e]}))
+                        }
+                    }
+                    0..=2 => {
+                        let e = json!({"name": format!("e{k}"), "entityType": "soak", "observations": [format!("note {k} of project {p}")]});
+                        call(id, "create_entities", json!({"entities": [e]}))
+                    }
+                    3 => call(id, "delete_entities", json!({"entityNames": [format!("e{k}")]})),
+                    4..=7 => {
+                        let names: Vec<String> = (0..3).map(|_| format!("e{}", rng.below(NAMES))).collect();
+                        call(id, "open_nodes", json!({"names": names}))
+                    }
+                    _ => call(id, "search_nodes", json!({"query": format!("note {k} ")})),
+                };
                 let before = notices.borrow().get(&p).copied().unwrap_or(0);
                 let answer = load::post(&ctx.client, url, &projects[p], body).await.and_then(|b| load::answer_ok(&b));
                 calls.set(calls.get() + 1);
-                match answer {
-                    Ok(()) if op <= 2 => {
-                        let mut known_now = entities.borrow_mut();
-                        known_now[p] = known_now[p].max(known + 1);
-                    }
-                    Ok(()) => {}
-                    Err(e) => fail(format!("project {p}: {e}")),
+                if let Err(e) = answer {
+                    fail(format!("project {p}: {e}"));
                 }
                 if watched {
                     subscribed_writes.set(subscribed_writes.get() + 1);
@@ -342,9 +372,12 @@ pub fn report(lines: &[Value], quick: bool) -> Option<(String, String)> {
     let _ = writeln!(
         md,
         "`memory-server serve` (defaults) for {secs:.0} s: {} clients, each one call at a time, over {} projects at \
-         random (30 % `create_entities`, 10 % `add_observations`, 40 % `open_nodes`, 20 % `search_nodes`), \
-         with a 2025-11-25 session subscribed to each of {} of them; a write to a subscribed project waits \
-         (up to {} s) for its `notifications/resources/updated` before that project is written again. RSS, \
+         random (30 % `create_entities`, 10 % `delete_entities`, 40 % `open_nodes`, 20 % `search_nodes`; \
+         names drawn from a fixed set of {NAMES} per project, every project filled with them before the run, so \
+         the data stays the same size), with a \
+         2025-11-25 session subscribed to each of {} of them; every write to a subscribed project changes \
+         it (a new name, or its oldest deleted) and waits (up to {} s) for its \
+         `notifications/resources/updated` before that project is written again. RSS, \
          open files (`/proc/PID/fd`) and threads sampled every {} s. Flat means: the mean over the last tenth \
          of the run within 10 % of the mean over the second tenth.\n",
         summary["clients"],

@@ -34,9 +34,12 @@ pub struct StoreRegistry {
     slots: DashMap<PathBuf, Arc<Slot>>,
     channels: Arc<DashMap<PathBuf, broadcast::Sender<()>>>,
     limits: StoreLimits,
-    /// Stores open or being opened: what `max_open` bounds.
-    occupied: AtomicUsize,
-    /// Stores being closed (shutdown waits for them).
+    /// Stores open, being opened or being closed: what `max_open` bounds (each holds
+    /// files until its close ends).
+    occupied: Arc<AtomicUsize>,
+    /// Closes running at once at most.
+    close_permits: Arc<tokio::sync::Semaphore>,
+    /// Stores being closed in the background (shutdown waits for them).
     closing: TaskTracker,
     epoch: Instant,
 }
@@ -50,6 +53,9 @@ struct Slot {
 }
 
 static USES: AtomicU64 = AtomicU64::new(0);
+
+/// Stores closed at the same time at most.
+const CONCURRENT_CLOSES: usize = 4;
 
 /// How long a request waits for a place among the open stores when all are in use.
 const ROOM_WAIT: Duration = Duration::from_secs(30);
@@ -66,7 +72,8 @@ impl StoreRegistry {
             slots: DashMap::new(),
             channels: Arc::new(DashMap::new()),
             limits: StoreLimits { max_open: limits.max_open.max(1), ..limits },
-            occupied: AtomicUsize::new(0),
+            occupied: Arc::new(AtomicUsize::new(0)),
+            close_permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CLOSES)),
             closing: TaskTracker::new(),
             epoch: Instant::now(),
         }
@@ -140,11 +147,12 @@ impl StoreRegistry {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Takes a place for a store about to open, closing the least recently used store
-    /// nobody is using when all are taken. When every open store is in use (requests in
-    /// flight, a commit finishing), waits for one to be released: the limit holds, and a
-    /// request waits its turn rather than the daemon running out of files. A request
-    /// that cannot get a place within [`ROOM_WAIT`] fails with an error naming the limit.
+    /// Takes a place for a store about to open. When all are taken, closes the least
+    /// recently used store nobody is using and waits for that close (its files released)
+    /// before taking its place, so the files held stay bounded however fast projects
+    /// churn. When every open store is in use (requests in flight), waits for one to be
+    /// released. A request that cannot get a place within [`ROOM_WAIT`] fails with an
+    /// error naming the limit.
     async fn make_room(&self, file: &DbFile) -> Result<(), StoreError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
@@ -156,7 +164,8 @@ impl StoreRegistry {
                 }
                 continue;
             }
-            if self.evict_least_recently_used() {
+            if let Some((store, path)) = self.evict_least_recently_used() {
+                self.close_then_forget_channel(store, path).await;
                 continue;
             }
             if started.elapsed() > ROOM_WAIT {
@@ -167,16 +176,16 @@ impl StoreRegistry {
         }
     }
 
-    /// Closes the least recently used store that nobody is using, preferring one
-    /// without subscribers. Returns whether one was closed.
-    fn evict_least_recently_used(&self) -> bool {
+    /// Takes out the least recently used store that nobody is using, preferring one
+    /// without subscribers, for the caller to close.
+    fn evict_least_recently_used(&self) -> Option<(Arc<Store>, PathBuf)> {
         let victim = self
             .slots
             .iter()
             .filter(|e| unused(e.value()))
             .min_by_key(|e| (self.subscribed(e.key()), e.value().recency.load(Ordering::Relaxed)))
-            .map(|e| e.key().clone());
-        victim.is_some_and(|path| self.evict(&path, |_| true))
+            .map(|e| e.key().clone())?;
+        self.evict(&victim, |_| true)
     }
 
     /// Closes the stores unused for longer than the idle limit (not those with
@@ -190,30 +199,35 @@ impl StoreRegistry {
             .map(|e| e.key().clone())
             .collect();
         for path in idle {
-            if !self.subscribed(&path) {
-                self.evict(&path, |slot| slot.last_used.load(Ordering::Relaxed) < cutoff);
+            if !self.subscribed(&path)
+                && let Some((store, path)) = self.evict(&path, |slot| slot.last_used.load(Ordering::Relaxed) < cutoff)
+            {
+                self.closing.spawn(self.close_then_forget_channel(store, path));
             }
         }
     }
 
-    /// Removes `path`'s store if nobody uses it and `also` holds (both checked under the
-    /// map's lock, so no request can pick it up meanwhile), and closes it in the
-    /// background.
-    fn evict(&self, path: &PathBuf, also: impl Fn(&Slot) -> bool) -> bool {
-        let Some((path, slot)) = self.slots.remove_if(path, |_, s| unused(s) && also(s)) else { return false };
-        self.occupied.fetch_sub(1, Ordering::SeqCst);
-        if let Some(store) = slot.store.get().cloned() {
-            drop(slot);
-            tracing::info!(db = %path.display(), "store closed (unused)");
-            self.closing.spawn(self.close_then_forget_channel(store, path));
-        }
-        true
+    /// Takes `path`'s store out if nobody uses it and `also` holds (both checked under
+    /// the map's lock, so no request can pick it up meanwhile), for the caller to close.
+    fn evict(&self, path: &PathBuf, also: impl Fn(&Slot) -> bool) -> Option<(Arc<Store>, PathBuf)> {
+        let (path, slot) = self.slots.remove_if(path, |_, s| unused(s) && also(s))?;
+        let store = slot.store.get().cloned()?;
+        tracing::info!(db = %path.display(), "store closed (unused)");
+        Some((store, path))
     }
 
+    /// Closes `store` (a few at a time: each ends in a checkpoint's `fsync`, and closes
+    /// of many projects at once would each hold a blocking thread), then gives its place
+    /// back and forgets its change channel unless someone still needs it.
     fn close_then_forget_channel(&self, store: Arc<Store>, path: PathBuf) -> impl Future<Output = ()> + use<> {
         let channels = self.channels.clone();
+        let permits = self.close_permits.clone();
+        let occupied = self.occupied.clone();
         async move {
+            let permit = permits.acquire_owned().await;
             store.close().await;
+            drop(permit);
+            occupied.fetch_sub(1, Ordering::SeqCst);
             // Kept while anyone listens, or while a store opened again since holds it
             // (checked under the map's lock, which that store took its copy under).
             channels.remove_if(&path, |_, tx| tx.receiver_count() == 0 && tx.strong_count() == 1);
@@ -224,7 +238,7 @@ impl StoreRegistry {
         self.channels.get(path).is_some_and(|tx| tx.receiver_count() > 0)
     }
 
-    /// Stores open or being opened (what `--max-open-stores` bounds).
+    /// Stores open, being opened or being closed (what `--max-open-stores` bounds).
     pub fn open_count(&self) -> usize {
         self.occupied.load(Ordering::SeqCst)
     }
@@ -238,7 +252,6 @@ impl StoreRegistry {
             if let Some((path, slot)) = self.slots.remove(&path)
                 && let Some(store) = slot.store.get().cloned()
             {
-                self.occupied.fetch_sub(1, Ordering::SeqCst);
                 self.closing.spawn(self.close_then_forget_channel(store, path));
             }
         }
