@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 pub mod peer;
+mod sock_diag;
 
 use http::{HeaderMap, header};
 
