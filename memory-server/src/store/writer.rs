@@ -12,11 +12,16 @@ use rusqlite::Connection;
 
 use super::{BUSY_TIMEOUT, GraphError, Store, StoreError, commit, graph};
 
-/// Rows of each kind one piece of background indexing takes at most: about 16 µs a row,
-/// so a writer that arrives meanwhile waits half a millisecond at worst. Indexing the
-/// backlog of 32 busy batches at once (hundreds of rows) stalled the writers behind it
-/// for up to 10 ms, the daemon's whole write tail.
-const INDEX_CHUNK_ROWS: usize = 32;
+/// Rows of each kind one piece of background indexing takes at most: a writer that
+/// arrives meanwhile waits a millisecond or two at worst. Indexing the backlog of 32
+/// busy batches inside a writers' batch (hundreds of rows) stalled the writers behind
+/// it for up to 10 ms.
+const INDEX_CHUNK_ROWS: usize = 128;
+
+/// Committed batches whose rows an idle moment waits for before indexing them: a piece
+/// of indexing has a fixed cost (an FTS5 segment, a commit), so pieces of a few rows
+/// each cost a quarter more CPU per write than pieces of a hundred.
+pub(super) const BATCHES_PER_IDLE_INDEX: u32 = 8;
 
 /// Pages of segment merging one idle step does at most (see
 /// `graph::merge_search_index_step`).
@@ -54,9 +59,9 @@ pub(super) struct Writer {
     since_checkpoint: AtomicU32,
     since_index: AtomicU32,
     since_recount: AtomicU32,
-    /// Written rows may wait for the search index (set by every commit that changed
-    /// rows, cleared when a piece of indexing finds the backlog gone).
-    index_behind: AtomicBool,
+    /// Batches committed since the search index last caught up: a rough count of the
+    /// rows waiting for it (reset when a piece of indexing finds the backlog gone).
+    unindexed: AtomicU32,
     /// The search index may hold segments worth merging (set by indexing, cleared when
     /// a merge step finds nothing to do).
     merge_behind: AtomicBool,
@@ -78,7 +83,7 @@ impl Writer {
             since_checkpoint: AtomicU32::new(0),
             since_index: AtomicU32::new(0),
             since_recount: AtomicU32::new(0),
-            index_behind: AtomicBool::new(false),
+            unindexed: AtomicU32::new(0),
             merge_behind: AtomicBool::new(true),
         }
     }
@@ -267,7 +272,7 @@ impl Store {
     }
 
     fn idle_work(&self) -> Option<IdleWork> {
-        if self.writer.index_behind.load(Ordering::SeqCst) {
+        if self.writer.unindexed.load(Ordering::SeqCst) >= BATCHES_PER_IDLE_INDEX {
             Some(IdleWork::Index)
         } else if self.writer.merge_behind.load(Ordering::SeqCst) {
             Some(IdleWork::Merge)
@@ -290,7 +295,7 @@ impl Store {
         match work {
             IdleWork::Index => {
                 if amount < INDEX_CHUNK_ROWS {
-                    self.writer.index_behind.store(false, Ordering::SeqCst);
+                    self.writer.unindexed.store(0, Ordering::SeqCst);
                 }
                 if amount > 0 {
                     self.writer.merge_behind.store(true, Ordering::SeqCst);
@@ -306,7 +311,7 @@ impl Store {
     /// update (queued for the holder of the turn to run) and the search statistics.
     fn after_commit(&self) {
         self.writer.committed.fetch_add(1, Ordering::SeqCst);
-        self.writer.index_behind.store(true, Ordering::SeqCst);
+        self.writer.unindexed.fetch_add(1, Ordering::SeqCst);
         self.readers.forget_cached();
         self.announce();
         if tick(&self.writer.since_checkpoint, BATCHES_PER_CHECKPOINT) {
