@@ -81,6 +81,7 @@ fn beyond_the_limit_a_connection_gets_503_until_one_closes() {
         refused.body["error"]["message"],
         "too many connections: this daemon serves at most 2 at once (--max-connections)"
     );
+    assert_eq!(refused.body["error"]["code"], -32000, "the server-busy code, as for --max-streams");
     // And it is closed: the next read sees the end of the stream.
     let mut rest = Vec::new();
     assert_eq!(third.read_to_end(&mut rest).map(|_| rest.len()).unwrap_or(0), 0);

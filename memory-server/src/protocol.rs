@@ -34,7 +34,7 @@ pub mod code {
     /// 2026-07-28: the request's protocol version is not one we serve.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
     /// JSON-RPC's implementation-defined server error: a limit of the daemon is reached
-    /// (`--max-streams`); the request may succeed later.
+    /// (`--max-streams`, `--max-connections`); the request may succeed later.
     pub const SERVER_BUSY: i64 = -32000;
 }
 

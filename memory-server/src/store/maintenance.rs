@@ -28,6 +28,8 @@ pub(super) struct Maintenance {
     stop: CancellationToken,
     /// A background checkpoint is running (one at a time is plenty).
     checkpointing: Arc<AtomicBool>,
+    /// When the last background checkpoint was started.
+    last_checkpoint: std::sync::Mutex<std::time::Instant>,
     /// An idle index update is waiting for writes to pause.
     index_when_idle_pending: AtomicBool,
     /// A task polls for other processes' commits.
@@ -43,10 +45,22 @@ impl Maintenance {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             checkpointing: Arc::new(AtomicBool::new(false)),
+            last_checkpoint: std::sync::Mutex::new(std::time::Instant::now()),
             index_when_idle_pending: AtomicBool::new(false),
             watching: AtomicBool::new(false),
             outside_version: AtomicI64::new(writer_version),
         }
+    }
+
+    /// Whether `every` has passed since the last background checkpoint (and, if so,
+    /// counts one as started now).
+    pub(super) fn checkpoint_due(&self, every: Duration) -> bool {
+        let mut last = self.last_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < every {
+            return false;
+        }
+        *last = std::time::Instant::now();
+        true
     }
 
     /// Runs `f` on a blocking thread the store waits for when it closes; outside a

@@ -36,11 +36,12 @@ pub(super) const BATCHES_PER_INDEX_UPDATE: u32 = 32;
 /// search plans follow a graph that grows or changes.
 const BATCHES_PER_RECOUNT: u32 = 1024;
 
-/// Committed write batches between two background checkpoints: a few dozen WAL pages.
-/// Small and frequent: a checkpoint competes with the writers for the CPU and the disk
-/// while it copies and syncs, and one of 256 batches' pages stretched the write tail to
-/// 18 ms where one of 32 kept it under 9 ms and one of 8 lowered p99 at C=8 by a tenth.
-const BATCHES_PER_CHECKPOINT: u32 = 8;
+/// Committed write batches between two background checkpoints, and the least time
+/// between two: a checkpoint ends in `fsync`s, and one every few batches of a lone
+/// writer (hundreds a second) cost a sixth of its rate; one every 32 batches of a busy
+/// C=8 load keeps each small (a checkpoint of 256 batches' pages doubled the write tail).
+const BATCHES_PER_CHECKPOINT: u32 = 32;
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
 /// The writer's own automatic checkpoint, a backstop should the background one fall
 /// behind (SQLite's default is 1,000 pages).
@@ -236,14 +237,19 @@ impl Store {
     /// wait for one small step at most and searches rarely find work left.
     fn combine(&self) {
         let _unwinding = commit::ReleaseOnPanic(&self.writer.queue);
+        // One step of upkeep per turn: a turn that kept doing upkeep while a lone writer
+        // kept coming back would hold every write off the fast path (`run_now`) and make
+        // each wait for a step (create_entities at C=1 lost two fifths of its rate).
+        let mut upkeep_done = false;
         loop {
-            let idle = self.idle_work();
+            let idle = if upkeep_done { None } else { self.idle_work() };
             let batch = commit::Queue::take_batch(&self.writer.queue, idle.is_some());
             if batch.is_empty() {
                 match idle {
                     Some(work) => self.run_idle_work(work),
                     None => return,
                 }
+                upkeep_done = true;
                 continue;
             }
             let mut conn = self.writer.lock();
@@ -314,7 +320,10 @@ impl Store {
         self.writer.unindexed.fetch_add(1, Ordering::SeqCst);
         self.readers.forget_cached();
         self.announce();
-        if tick(&self.writer.since_checkpoint, BATCHES_PER_CHECKPOINT) {
+        if self.writer.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1 >= BATCHES_PER_CHECKPOINT
+            && self.upkeep.checkpoint_due(CHECKPOINT_EVERY)
+        {
+            self.writer.since_checkpoint.store(0, Ordering::Relaxed);
             self.checkpoint_in_background();
         }
         if tick(&self.writer.since_index, BATCHES_PER_INDEX_UPDATE) {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::protocol::{RpcError, error_response};
+use crate::protocol::{RpcError, code, error_response};
 
 /// How long a refused connection may take to send its request before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
@@ -139,7 +139,7 @@ async fn accept_failed(e: io::Error) {
 /// The whole answer to a connection beyond the limit, written before its request is read.
 fn busy_reply(max: usize) -> Vec<u8> {
     let message = format!("too many connections: this daemon serves at most {max} at once (--max-connections)");
-    let body = error_response(None, &RpcError::invalid_request(message)).to_string();
+    let body = error_response(None, &RpcError::new(code::SERVER_BUSY, message)).to_string();
     let mut reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",
