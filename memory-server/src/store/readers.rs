@@ -51,7 +51,10 @@ pub(super) fn pool(file: &DbFile) -> Result<Pool, StoreError> {
     let manager = SqliteConnectionManager::file(file.path()).with_flags(flags(file)).with_init(configure);
     r2d2::Pool::builder()
         .max_size(pool_size())
-        .min_idle(Some(1))
+        // Opened on demand, never topped up in the background: a reader r2d2 opens
+        // on its own while the project is being deleted would make the `-wal` again
+        // in the `.claude` being removed (`rm -rf` then fails, "directory not empty").
+        .min_idle(Some(0))
         // No idle timeout and no maximum lifetime: either makes r2d2 schedule a reaper
         // on the pool threads that runs every 30 s forever, even after the pool is
         // dropped (its handle is never cancelled), so with shared threads every store
