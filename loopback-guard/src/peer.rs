@@ -61,10 +61,14 @@ pub fn uid_of_peer(peer: SocketAddr, local: SocketAddr) -> Result<u32, PeerError
     })
 }
 
-/// The effective uid of this process: the user a server "runs as".
+/// The effective uid of this process: the user a server "runs as". Asked once: it
+/// never changes, and every request is checked against it.
 pub fn own_uid() -> u32 {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    static OWN: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    });
+    *OWN
 }
 
 /// One table to look in, with the addresses as that table writes them.

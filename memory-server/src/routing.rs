@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::project::ProjectPath;
 use crate::scope::current_project;
 use crate::store::registry::{StoreLimits, StoreRegistry};
-use crate::store::{DbFile, Store, StoreError};
+use crate::store::{DbFile, Store, StoreError, effective_uid};
 
 /// The data directory's subdirectory for projects that cannot hold their own memory.
 pub const PROJECTS_MEMORY_DIR: &str = "projects-memory";
@@ -105,15 +105,18 @@ impl Router {
             return Placement::Kept(kept);
         }
         let own = DbFile::in_project(project.as_path());
+        // The usual case, on every request: the project has its database. Whatever else
+        // is true of the directory, that file is the memory (opening it checks it).
+        if own.path().symlink_metadata().is_ok() {
+            return Placement::InProject(own);
+        }
         let claude = project.as_path().join(".claude");
         let claude_meta = claude.symlink_metadata().ok();
         // What another user owns, or a link, is refused when the store opens (it could
         // redirect the database), not quietly moved to the data directory.
         let suspect = !owned_by_us(project.as_path())
             || claude_meta.as_ref().is_some_and(|m| m.file_type().is_symlink() || !is_ours(m));
-        let usable = own.path().symlink_metadata().is_ok()
-            || suspect
-            || (writable(project.as_path()) && (claude_meta.is_none() || writable(&claude)));
+        let usable = suspect || (writable(project.as_path()) && (claude_meta.is_none() || writable(&claude)));
         if usable {
             Placement::InProject(own)
         } else {
@@ -191,8 +194,7 @@ fn owned_by_us(path: &Path) -> bool {
 
 fn is_ours(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    meta.uid() == unsafe { libc::geteuid() }
+    meta.uid() == effective_uid()
 }
 
 /// Whether this process may create files in `dir` (`access(2)`, which knows about

@@ -31,7 +31,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::broadcast;
 
 pub use graph::GraphError;
-pub use open::{DbFile, check_regular_file, create_private_file};
+pub use open::{DbFile, check_regular_file, create_private_file, effective_uid};
 
 use commit::WRITE_DEADLINE;
 use open::FileIdentity;

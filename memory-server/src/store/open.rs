@@ -276,9 +276,14 @@ pub fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+/// The daemon's effective uid, asked once: it never changes, and routing asks on
+/// every request.
+pub fn effective_uid() -> u32 {
+    static EUID: std::sync::LazyLock<u32> = std::sync::LazyLock::new(|| {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        unsafe { libc::geteuid() }
+    });
+    *EUID
 }
 
 fn refused(path: &Path, reason: &str) -> StoreError {
