@@ -73,6 +73,12 @@ impl Queue {
         true
     }
 
+    /// Whether a combiner's turn is taken (tests wait for the background one to end).
+    #[cfg(test)]
+    pub(super) fn combining(queue: &Mutex<Queue>) -> bool {
+        queue.lock().unwrap_or_else(|p| p.into_inner()).combining
+    }
+
     /// Up to [`MAX_BATCH`] queued jobs, oldest first. An empty batch ends the combiner's
     /// turn, unless `keep_turn` (the combiner has work of its own for the idle moment:
     /// writers arriving meanwhile queue for it rather than start a combiner).

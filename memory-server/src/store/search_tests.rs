@@ -723,3 +723,30 @@ fn the_search_index_merges_in_bounded_steps() {
     assert_eq!(store.read(|c| graph::search_nodes(c, "segment-4")).unwrap(), before);
     assert_search_matches_scan(&store, "segment-5");
 }
+
+/// A lone writer that never pauses for long (each write committed on the fast path, the
+/// combiner running only for the piece of indexing queued every 32 batches) gets its index
+/// merged: otherwise segments pile up to FTS5's crisis merge (16 at a level), which
+/// then runs inside one of the writer's transactions for tens of milliseconds.
+#[test]
+fn a_lone_writers_index_is_merged_as_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(&dir.path().join("m.db")).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        // Fifteen queued pieces of indexing: one segment short of a crisis merge.
+        for i in 0..15 * 32 {
+            let e = [Entity { name: format!("lone-{i}"), entity_type: "t".into(), observations: vec![] }];
+            store.write_small_async(None, move |c| graph::create_entities(c, &e)).await.unwrap();
+            // A writer at a human pace: the turn a queued piece of indexing started
+            // ends before the next write (under a loaded CPU it might not, and that
+            // turn's one step goes to indexing the writes it took in).
+            store.wait_for_the_combiner();
+        }
+    });
+    drop(runtime); // joins the combiner's blocking thread
+    let segments: i64 =
+        store.read(|c| Ok(c.query_row("SELECT count(DISTINCT segid) FROM entity_fts_idx", [], |r| r.get(0))?)).unwrap();
+    assert!(segments <= 8, "{segments} segments: the lone writer's index was not merged");
+    assert_search_matches_scan(&store, "lone-4");
+}
