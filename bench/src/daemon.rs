@@ -240,8 +240,13 @@ async fn measure(ctx: &Ctx, rec: &mut Rec, systems: &[System]) -> Res<()> {
 }
 
 pub fn import(ctx: &Ctx, home: &Path, project: &Path, n: usize) -> Res<()> {
+    import_jsonl(ctx, home, project, &load::graph_jsonl(n))
+}
+
+/// Fills `project`'s graph with the official JSONL `lines` through `memory-server import`.
+pub fn import_jsonl(ctx: &Ctx, home: &Path, project: &Path, lines: &str) -> Res<()> {
     let file = project.with_extension("jsonl");
-    std::fs::write(&file, load::graph_jsonl(n)).map_err(|e| e.to_string())?;
+    std::fs::write(&file, lines).map_err(|e| e.to_string())?;
     let out = std::process::Command::new(&ctx.memory_server)
         .env("HOME", home)
         .arg("import")

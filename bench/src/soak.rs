@@ -112,26 +112,13 @@ pub async fn run(ctx: &Ctx, rec: &mut Rec, set: &SoakSettings) -> Res<()> {
 /// before the run, with `memory-server import`, so the graphs start at the size the
 /// load keeps them at and the samples show the daemon, not data growing.
 fn prefill(ctx: &Ctx, home: &std::path::Path, project: &std::path::Path, p: usize) -> Res<()> {
-    let file = project.with_extension("jsonl");
     let lines: String = (0..NAMES)
         .map(|k| {
             let e = json!({"type": "entity", "name": format!("e{k}"), "entityType": "soak", "observations": [format!("note {k} of project {p}")]});
             format!("{e}\n")
         })
         .collect();
-    std::fs::write(&file, lines).map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(&ctx.memory_server)
-        .env("HOME", home)
-        .arg("import")
-        .arg("--project")
-        .arg(project)
-        .arg(&file)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("import failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(())
+    crate::daemon::import_jsonl(ctx, home, project, &lines)
 }
 
 /// Counts the `notifications/resources/updated` events of a session's stream.
