@@ -451,25 +451,6 @@ fn deeply_nested_json_is_a_parse_error_over_stdio() {
 // ---------------------------------------------------------------------------------------
 // Event streams
 
-async fn health(daemon: &Daemon) -> Value {
-    let url = format!("http://127.0.0.1:{}/health", daemon.port);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    client.get(url).send().await.expect("GET /health").json().await.expect("/health is JSON")
-}
-
-/// Polls `/health` until `event_streams` is `n` (bounded by PATIENCE).
-async fn wait_event_streams(daemon: &Daemon, n: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let h = health(daemon).await;
-        if h["event_streams"] == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "event_streams never became {n}: {h}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Opens a session's `GET /mcp` stream; the response (headers read, body pending) is the
 /// open stream.
 async fn open_get_stream(http: &Http) -> reqwest::Response {
@@ -521,17 +502,17 @@ async fn event_streams_beyond_the_limit_get_503_until_one_closes() {
     assert_open("the first GET stream", &first);
     let listen = open_listen_stream(&sessions[0], "listen-1").await;
     assert_open("a listen stream", &listen);
-    let h = health(&daemon).await;
+    let h = daemon.health().await;
     assert_eq!((h["event_streams"].as_u64(), h["listen_streams"].as_u64()), (Some(2), Some(1)), "{h}");
 
     assert_refused("a third stream (GET)", open_get_stream(&sessions[1]).await, Value::Null).await;
     assert_refused("a third stream (listen)", open_listen_stream(&sessions[1], "listen-2").await, json!("listen-2"))
         .await;
-    assert_eq!(health(&daemon).await["event_streams"], 2, "a refusal takes no place");
+    assert_eq!(daemon.health().await["event_streams"], 2, "a refusal takes no place");
 
     // The client closing its stream frees the place.
     drop(first);
-    wait_event_streams(&daemon, 1).await;
+    daemon.wait_health("event_streams", 1).await;
     let second = open_get_stream(&sessions[1]).await;
     assert_open("a GET stream after one closed", &second);
 
@@ -544,13 +525,13 @@ async fn event_streams_beyond_the_limit_get_503_until_one_closes() {
         .await
         .expect("DELETE /mcp");
     assert_eq!(deleted.status(), 200);
-    wait_event_streams(&daemon, 1).await;
+    daemon.wait_health("event_streams", 1).await;
     let third = open_get_stream(&sessions[2]).await;
     assert_open("a GET stream after a session ended", &third);
 
     drop(listen);
-    wait_event_streams(&daemon, 1).await;
-    assert_eq!(health(&daemon).await["listen_streams"], 0);
+    daemon.wait_health("event_streams", 1).await;
+    assert_eq!(daemon.health().await["listen_streams"], 0);
     drop((second, third));
-    wait_event_streams(&daemon, 0).await;
+    daemon.wait_health("event_streams", 0).await;
 }

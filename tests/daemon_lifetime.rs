@@ -14,11 +14,6 @@ use e2e::{Daemon, Http, PATIENCE, TestEnv, entity_names};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-async fn health(http: &reqwest::Client, daemon: &Daemon) -> Value {
-    let url = format!("http://127.0.0.1:{}/health", daemon.port);
-    http.get(url).send().await.expect("GET /health").json().await.expect("/health is JSON")
-}
-
 fn proc_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -61,7 +56,7 @@ async fn two_thousand_projects_under_a_small_file_limit() {
         }
     });
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let max_open = health(&client, &daemon).await["max_open_stores"].as_u64().expect("max_open_stores") as usize;
+    let max_open = daemon.health().await["max_open_stores"].as_u64().expect("max_open_stores") as usize;
     assert!(max_open < 64, "the daemon fitted its stores to the small file limit: {max_open}");
     assert!(daemon.log_text().contains("ulimit -n"), "and said so:\n{}", daemon.log_text());
 
@@ -143,19 +138,14 @@ async fn two_thousand_projects_under_a_small_file_limit() {
 async fn an_idle_store_is_closed_and_reopened_on_demand() {
     let env = TestEnv::new();
     let daemon = Daemon::start(&env, &["--store-idle-secs", "1"]);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let project = env.project("idle");
     let http = Http::new(daemon.url()).with_project(&project);
     let result =
         http.call_tool("create_entities", json!({"entities":[{"name":"a","entityType":"t","observations":[]}]})).await;
     assert_ne!(result["isError"], json!(true), "{result}");
-    assert_eq!(health(&client, &daemon).await["open_stores"], 1);
+    assert_eq!(daemon.health().await["open_stores"], 1);
 
-    let deadline = Instant::now() + PATIENCE;
-    while health(&client, &daemon).await["open_stores"] != 0 {
-        assert!(Instant::now() < deadline, "the idle store was never closed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon.wait_health("open_stores", 0).await; // the idle store is closed
     let wal = project.join(".claude/memory.db-wal");
     let deadline = Instant::now() + PATIENCE;
     while std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) != 0 {
@@ -172,7 +162,6 @@ async fn an_idle_store_is_closed_and_reopened_on_demand() {
 async fn a_subscriber_keeps_hearing_across_its_stores_close_and_reopen() {
     let env = TestEnv::new();
     let daemon = Daemon::start(&env, &["--max-open-stores", "1"]);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let (project_a, project_b) = (env.project("a"), env.project("b"));
 
     let (tx, mut updates) = mpsc::unbounded_channel();
@@ -187,7 +176,7 @@ async fn a_subscriber_keeps_hearing_across_its_stores_close_and_reopen() {
         assert!(Instant::now() < deadline, "A's store was never closed:\n{}", daemon.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(health(&client, &daemon).await["open_stores"], 1);
+    assert_eq!(daemon.health().await["open_stores"], 1);
     assert!(updates.try_recv().is_err(), "B's write is not announced to A's subscriber");
 
     let writer_a = connect((), &daemon.url(), &project_a).await;

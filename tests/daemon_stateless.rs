@@ -84,34 +84,6 @@ fn entities(names: &[&str]) -> Value {
     json!({ "entities": names.iter().map(|n| json!({"name": n, "entityType": "test", "observations": []})).collect::<Vec<_>>() })
 }
 
-async fn health(daemon: &Daemon) -> Value {
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://127.0.0.1:{}/health", daemon.port))
-        .send()
-        .await
-        .expect("GET /health")
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-/// Polls `/health` until `listen_streams` equals `want` (bounded).
-async fn wait_listen_streams(daemon: &Daemon, want: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let h = health(daemon).await;
-        if h["listen_streams"] == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "listen_streams never became {want}: {h}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // An SSE reader for `subscriptions/listen`
 
@@ -263,7 +235,7 @@ async fn python_sdk_stateless_client_equals_a_session_client() {
     let tools: Vec<&str> = py["tools"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert_eq!(tools.len(), 9, "{tools:?}");
     // No handshake means no session was ever created.
-    assert_eq!(health(&daemon).await["live_sessions"], 0, "the stateless client created a session");
+    assert_eq!(daemon.health().await["live_sessions"], 0, "the stateless client created a session");
 
     // The same calls from a 2025-11-25 session client, on a fresh project.
     let mut session = Http::new(daemon.url()).with_project(&session_project);
@@ -327,7 +299,7 @@ async fn both_generations_share_one_daemon_at_the_same_time() {
     let pong = s2025.post(&json!({"jsonrpc":"2.0","id":"p","method":"ping"})).await;
     assert_eq!(pong.body["result"], json!({}), "{}", pong.text);
     assert!(pong.body["result"].get("resultType").is_none(), "session results are not decorated");
-    assert_eq!(health(&daemon).await["live_sessions"], 2);
+    assert_eq!(daemon.health().await["live_sessions"], 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -357,7 +329,7 @@ async fn listen_streams_updates_of_its_project_only() {
     assert_eq!(ack["params"]["notifications"], json!({"resourceSubscriptions": [GRAPH]}), "{ack}");
     let mut listen_b = SseReader::open(&http, "listen-b", &project_b, json!({"resourceSubscriptions": [GRAPH]})).await;
     assert_eq!(listen_b.message().await["method"], "notifications/subscriptions/acknowledged");
-    assert_eq!(health(&daemon).await["listen_streams"], 2);
+    assert_eq!(daemon.health().await["listen_streams"], 2);
 
     // A quiet stream carries keep-alives.
     listen_a.quiet_for(2, "quiet stream").await;
@@ -391,9 +363,9 @@ async fn listen_streams_updates_of_its_project_only() {
 
     // Closing a stream frees its subscription.
     drop(listen_a);
-    wait_listen_streams(&daemon, 1).await;
+    daemon.wait_health("listen_streams", 1).await;
     drop(listen_b);
-    wait_listen_streams(&daemon, 0).await;
+    daemon.wait_health("listen_streams", 0).await;
     // And the daemon serves on.
     stateless_tool(&a, "read_graph", json!({})).await;
 }
@@ -488,7 +460,7 @@ async fn stateless_validation_errors() {
     let reply = http.post_raw(legacy.to_string(), &[("mcp-protocol-version", "1900-01-01")]).await;
     check(400, -32600, &reply, "legacy unsupported header");
     serving("at-the-end").await;
-    assert_eq!(health(&daemon).await["live_sessions"], 0);
+    assert_eq!(daemon.health().await["live_sessions"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

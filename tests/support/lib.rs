@@ -218,6 +218,27 @@ impl Daemon {
         format!("http://127.0.0.1:{}/mcp", self.port)
     }
 
+    /// `GET /health` as JSON.
+    pub async fn health(&self) -> Value {
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        let client = reqwest::Client::builder().no_proxy().build().expect("HTTP client");
+        client.get(url).send().await.expect("GET /health").json().await.expect("/health is JSON")
+    }
+
+    /// Polls `/health` until its `key` equals `want` (bounded by PATIENCE).
+    pub async fn wait_health(&self, key: &str, want: impl Into<Value>) {
+        let want = want.into();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let h = self.health().await;
+            if h[key] == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{key} never became {want}: {h}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
