@@ -344,9 +344,9 @@ impl Store {
             // it with whatever is queued next.
             let (job, _taken) = index_chunk_job();
             commit::Queue::push(&self.writer.queue, job);
-            // That piece takes the backlog (32 batches' rows at most 128 of each kind,
-            // or nearly), so the step the turn has room for is merging the segment it
-            // makes. Left counted, that step was always another piece of indexing and a
+            // That piece takes the backlog (up to 128 rows of each kind, about what 32
+            // batches write), so the one step the turn has room for should merge the
+            // segment it makes. Left counted, that step was always another piece of indexing and a
             // lone writer's index was never merged but by FTS5's crisis merge, inside
             // one of its writes (60–110 ms).
             self.writer.unindexed.store(0, Ordering::SeqCst);
