@@ -20,6 +20,10 @@ pub enum DiscoveryError {
          or add `command` to its config"
     )]
     NoCommand { daemon: String, port: u16 },
+    #[error("daemon `{daemon}`: `{command}` exited ({status}) before answering; see {log}")]
+    ExitedUnbound { daemon: String, command: String, status: String, log: String },
+    #[error("daemon `{daemon}`: `{command}` did not answer within {secs:.1} s (stopped it); see {log}")]
+    TimeoutUnbound { daemon: String, command: String, secs: f64, log: String },
     #[error("daemon `{daemon}`: could not start `{command}`: {source}; see {log}")]
     Spawn { daemon: String, command: String, log: String, source: std::io::Error },
     #[error("daemon `{daemon}`: `{command}` exited ({status}) before answering on port {port}; see {log}")]
@@ -28,6 +32,8 @@ pub enum DiscoveryError {
     Timeout { daemon: String, command: String, port: u16, secs: f64, log: String },
     #[error("daemon `{daemon}`: {message}")]
     Io { daemon: String, message: String },
+    #[error("daemon `{daemon}` is misconfigured: {message}")]
+    Misconfigured { daemon: String, message: String },
 }
 
 /// Where a daemon answers, once found.
@@ -62,31 +68,40 @@ async fn find_or_start_via(
     runtime: &RuntimeDir,
     manager_port: Option<u16>,
 ) -> Result<Found, DiscoveryError> {
+    if let Some(message) = &spec.misconfigured {
+        return Err(DiscoveryError::Misconfigured { daemon: spec.name.clone(), message: message.clone() });
+    }
     let (port, launch) = match &spec.target {
         Target::Remote { .. } => return Ok(Found { port: None, spawned: false }),
         Target::Local { port, launch } => (*port, launch.clone()),
     };
-    // (1) The configured port.
-    if ping(port).await {
-        return Ok(Found { port: Some(port), spawned: false });
-    }
-    // (2) The lock file of whoever started it (possibly on another port).
-    if let Some(lock) = runtime.read_lock(&spec.name)
-        && pid_alive(lock.pid)
-        && ping(lock.port).await
-    {
-        return Ok(Found { port: Some(lock.port), spawned: false });
-    }
-    // (3) A manager, if one listens.
-    if let Some(manager_port) = manager_port
-        && ask_manager(manager_port, &spec.name).await
+    // (1) The configured port (a host on an ephemeral port has none).
+    if let Some(port) = port
         && ping(port).await
     {
         return Ok(Found { port: Some(port), spawned: false });
     }
+    // (2) The lock file of whoever started it (possibly on another port).
+    if let Some(found) = from_lock(spec, runtime).await {
+        return Ok(found);
+    }
+    // (3) A manager, if one listens.
+    if let Some(manager_port) = manager_port
+        && ask_manager(manager_port, &spec.name).await
+    {
+        match port {
+            Some(port) if ping(port).await => return Ok(Found { port: Some(port), spawned: false }),
+            Some(_) => {}
+            None => {
+                if let Some(found) = from_lock(spec, runtime).await {
+                    return Ok(found);
+                }
+            }
+        }
+    }
     // (4) Start it ourselves.
     let Some(launch) = launch else {
-        return Err(DiscoveryError::NoCommand { daemon: spec.name.clone(), port });
+        return Err(DiscoveryError::NoCommand { daemon: spec.name.clone(), port: port.unwrap_or(0) });
     };
     let daemon = spec.name.clone();
     let spec = spec.clone();
@@ -94,6 +109,12 @@ async fn find_or_start_via(
     tokio::task::spawn_blocking(move || spawn_locked(&spec, &runtime, port, &launch))
         .await
         .map_err(|e| DiscoveryError::Io { daemon, message: e.to_string() })?
+}
+
+/// The port of `<name>.lock`, when its pid lives and its port answers.
+async fn from_lock(spec: &DaemonSpec, runtime: &RuntimeDir) -> Option<Found> {
+    let lock = runtime.read_lock(&spec.name)?;
+    (pid_alive(lock.pid) && ping(lock.port).await).then_some(Found { port: Some(lock.port), spawned: false })
 }
 
 /// `POST /ensure {"name"}` to a manager on loopback; false when none answers.
@@ -117,7 +138,14 @@ async fn ask_manager(port: u16, name: &str) -> bool {
 }
 
 /// Step 4, on a blocking thread: take the spawn lock, re-check, spawn, wait for the port.
-fn spawn_locked(spec: &DaemonSpec, runtime: &RuntimeDir, port: u16, launch: &Launch) -> Result<Found, DiscoveryError> {
+/// Without a configured port (mcp-host on an ephemeral one) the spawned process writes
+/// `<name>.lock` itself once it listens, and that is what is waited for.
+fn spawn_locked(
+    spec: &DaemonSpec,
+    runtime: &RuntimeDir,
+    port: Option<u16>,
+    launch: &Launch,
+) -> Result<Found, DiscoveryError> {
     let io = |message: String| DiscoveryError::Io { daemon: spec.name.clone(), message };
     runtime.ensure().map_err(|e| io(e.to_string()))?;
     let lock_path = runtime.spawn_lock_file(&spec.name);
@@ -125,8 +153,16 @@ fn spawn_locked(spec: &DaemonSpec, runtime: &RuntimeDir, port: u16, launch: &Lau
         crate::runtime::private_file(&lock_path, true).map_err(|e| io(format!("{}: {e}", lock_path.display())))?;
     lock.lock().map_err(|e| io(format!("locking {}: {e}", lock_path.display())))?;
     // Whoever held the lock before us may have started it meanwhile.
-    if blocking_ping(port) {
+    if let Some(port) = port
+        && blocking_ping(port)
+    {
         return Ok(Found { port: Some(port), spawned: false });
+    }
+    if let Some(lock) = runtime.read_lock(&spec.name)
+        && pid_alive(lock.pid)
+        && blocking_ping(lock.port)
+    {
+        return Ok(Found { port: Some(lock.port), spawned: false });
     }
     runtime.remove_lock(&spec.name); // stale: its pid is dead or its port silent
     let log_path = runtime.log_file(&spec.name);
@@ -158,23 +194,33 @@ fn spawn_locked(spec: &DaemonSpec, runtime: &RuntimeDir, port: u16, launch: &Lau
         log: log_name.clone(),
         source,
     })?;
-    let info =
-        LockInfo { pid: child.id(), port, transport: spec.transport.as_str().to_owned(), started_at: now_rfc3339() };
-    runtime.write_lock(&spec.name, &info).map_err(|e| io(format!("writing the lock file: {e}")))?;
+    if let Some(port) = port {
+        let info = LockInfo {
+            pid: child.id(),
+            port,
+            transport: spec.transport.as_str().to_owned(),
+            started_at: now_rfc3339(),
+        };
+        runtime.write_lock(&spec.name, &info).map_err(|e| io(format!("writing the lock file: {e}")))?;
+    }
 
     let deadline = Instant::now() + spec.startup_timeout;
-    loop {
-        if blocking_ping(port) {
-            break;
+    let bound = loop {
+        let answering = match port {
+            Some(port) => blocking_ping(port).then_some(port),
+            None => {
+                runtime.read_lock(&spec.name).filter(|l| l.pid == child.id() && blocking_ping(l.port)).map(|l| l.port)
+            }
+        };
+        if let Some(port) = answering {
+            break port;
         }
         if let Ok(Some(status)) = child.try_wait() {
             runtime.remove_lock(&spec.name);
-            return Err(DiscoveryError::Exited {
-                daemon: spec.name.clone(),
-                command: shown,
-                port,
-                status: status.to_string(),
-                log: log_name,
+            let (daemon, status) = (spec.name.clone(), status.to_string());
+            return Err(match port {
+                Some(port) => DiscoveryError::Exited { daemon, command: shown, port, status, log: log_name },
+                None => DiscoveryError::ExitedUnbound { daemon, command: shown, status, log: log_name },
             });
         }
         if Instant::now() >= deadline {
@@ -183,21 +229,19 @@ fn spawn_locked(spec: &DaemonSpec, runtime: &RuntimeDir, port: u16, launch: &Lau
             let _ = child.kill();
             let _ = child.wait();
             runtime.remove_lock(&spec.name);
-            return Err(DiscoveryError::Timeout {
-                daemon: spec.name.clone(),
-                command: shown,
-                port,
-                secs: spec.startup_timeout.as_secs_f64(),
-                log: log_name,
+            let (daemon, secs) = (spec.name.clone(), spec.startup_timeout.as_secs_f64());
+            return Err(match port {
+                Some(port) => DiscoveryError::Timeout { daemon, command: shown, port, secs, log: log_name },
+                None => DiscoveryError::TimeoutUnbound { daemon, command: shown, secs, log: log_name },
             });
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
     // Reap the daemon if it dies while we live, so its pid never lingers as a zombie
     // that looks alive to other proxies.
     std::thread::spawn(move || child.wait());
     drop(lock);
-    Ok(Found { port: Some(port), spawned: true })
+    Ok(Found { port: Some(bound), spawned: true })
 }
 
 fn blocking_ping(port: u16) -> bool {

@@ -222,10 +222,7 @@ impl SseRelay {
         if found.spawned {
             crate::log(&self.link.spec.name, "started the daemon");
         }
-        let mut base = self.link.spec.endpoint();
-        if let Some(port) = found.port {
-            let _ = base.set_port(Some(port));
-        }
+        let base = self.link.spec.endpoint(found.port);
         let mut req = self
             .link
             .client

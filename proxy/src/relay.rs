@@ -139,10 +139,7 @@ impl Relay {
         if found.spawned {
             crate::log(&self.link.spec.name, "started the daemon");
         }
-        let mut url = self.link.spec.endpoint();
-        if let Some(port) = found.port {
-            let _ = url.set_port(Some(port));
-        }
+        let url = self.link.spec.endpoint(found.port);
         self.state().endpoint = Some(url.clone());
         Ok(url)
     }
@@ -394,7 +391,7 @@ impl Relay {
             true => exchange.await,
             false => tokio::time::timeout(timeout, exchange).await.map_err(|_| RelayError::Timeout(timeout))?,
         };
-        if result.is_ok() && is_initialize && self.link.spec.transport == Transport::StreamableHttp {
+        if result.is_ok() && is_initialize && self.link.spec.wire_transport() == Transport::StreamableHttp {
             self.clone().listen(generation);
         }
         result

@@ -79,11 +79,11 @@ impl Upstream {
         project: Option<&str>,
         out: Output,
     ) -> Upstream {
-        let transport = spec.transport;
+        let transport = spec.wire_transport();
         let link = Link::new(spec, runtime, manager_port, project, out);
         match transport {
             Transport::Sse => Upstream::LegacySse(SseRelay::new(link)),
-            Transport::StreamableHttp | Transport::Http => Upstream::Streamable(Relay::new(link)),
+            Transport::StreamableHttp | Transport::Http | Transport::Stdio => Upstream::Streamable(Relay::new(link)),
         }
     }
 

@@ -23,9 +23,10 @@ struct Args {
     /// Project directory (default: $CLAUDE_PROJECT_DIR, else the current directory).
     #[arg(long)]
     project: Option<PathBuf>,
-    /// Port of mcp-manager's API, asked to start daemons when it runs.
-    #[arg(long, default_value_t = DEFAULT_MANAGER_PORT)]
-    manager_port: u16,
+    /// Port of mcp-manager's API, asked to start daemons when it runs (default: `[manager]
+    /// port` of the config, else 3199).
+    #[arg(long)]
+    manager_port: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
+    let manager_port = args.manager_port.or(config.manager_port).unwrap_or(DEFAULT_MANAGER_PORT);
     let project = project_dir(args.project);
     let drain = spec.request_timeout;
     let runtime_rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
     };
     let name = spec.name.clone();
     let result = runtime_rt.block_on(mcp_proxy::stdio::run(
-        |out| Upstream::new(spec, runtime, args.manager_port, project.as_deref(), out),
+        |out| Upstream::new(spec, runtime, manager_port, project.as_deref(), out),
         drain,
     ));
     // After SIGTERM, tokio's stdin reader may still sit in a blocking read(2) that

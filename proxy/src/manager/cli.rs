@@ -29,8 +29,9 @@ pub struct Args {
     config: Option<PathBuf>,
     /// Port of the manager's HTTP API: `serve` listens there; other commands use the API
     /// there when a manager answers, and act directly otherwise.
-    #[arg(long, global = true, visible_alias = "manager-port", default_value_t = DEFAULT_MANAGER_PORT)]
-    port: u16,
+    /// (Default: `[manager] port` of the config, else 3199.)
+    #[arg(long, global = true, visible_alias = "manager-port")]
+    port: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,7 +155,8 @@ async fn run(args: Args) -> Outcome {
     .map_err(|e| {
         bad_input(format!("config error: {e}; fix the file (or move it aside to use the built-in defaults)"))
     })?;
-    let ctx = Ctx { config, runtime, port: args.port, explicit_config: args.config.is_some() };
+    let port = args.port.or(config.manager_port).unwrap_or(DEFAULT_MANAGER_PORT);
+    let ctx = Ctx { config, runtime, port, explicit_config: args.config.is_some() };
     match args.command {
         Command::Serve { start_all, health_interval_secs } => {
             serve(ctx, start_all, Duration::from_secs(health_interval_secs)).await

@@ -23,6 +23,8 @@ pub enum State {
     Stopped,
     Starting,
     CrashLoop,
+    /// Its entry uses a `${VAR}` that is not set: it cannot be started or reached.
+    Misconfigured,
 }
 
 impl State {
@@ -32,6 +34,7 @@ impl State {
             State::Stopped => "stopped",
             State::Starting => "starting",
             State::CrashLoop => "crash-loop",
+            State::Misconfigured => "misconfigured",
         }
     }
 }
@@ -66,6 +69,17 @@ pub struct DaemonStatus {
 /// Looks at a daemon: its lock file, whether that pid lives, whether its port answers.
 /// The manager-only fields (`restarts`, backoff) are left empty for the caller to fill.
 pub async fn snapshot(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
+    let mut status = look(spec, runtime).await;
+    if let Some(problem) = &spec.misconfigured
+        && !status.alive
+    {
+        status.state = State::Misconfigured;
+        status.last_error = Some(problem.clone());
+    }
+    status
+}
+
+async fn look(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
     let transport = spec.transport.as_str().to_owned();
     let port = match &spec.target {
         Target::Remote { url } => {
@@ -91,8 +105,11 @@ pub async fn snapshot(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
         Target::Local { port, .. } => *port,
     };
     let lock = runtime.read_lock(&spec.name).filter(|l| pid_alive(l.pid));
-    let port = lock.as_ref().map_or(port, |l| l.port);
-    let alive = ping(port).await;
+    let port = lock.as_ref().map(|l| l.port).or(port);
+    let alive = match port {
+        Some(port) => ping(port).await,
+        None => false,
+    };
     let uptime_secs = lock
         .as_ref()
         .and_then(|l| parse_rfc3339(&l.started_at))
@@ -106,7 +123,7 @@ pub async fn snapshot(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
     };
     DaemonStatus {
         name: spec.name.clone(),
-        port: Some(port),
+        port,
         transport,
         pid: lock.as_ref().map(|l| l.pid),
         alive,
@@ -159,7 +176,9 @@ pub fn stop(spec: &DaemonSpec, runtime: &RuntimeDir, timeout: Duration) -> Resul
     };
     // Nothing of ours runs: fine, unless something we did not start holds the port.
     let not_running = || {
-        if blocking_ping(port) {
+        if let Some(port) = port
+            && blocking_ping(port)
+        {
             return Err(StopError::Foreign {
                 daemon: spec.name.clone(),
                 port,

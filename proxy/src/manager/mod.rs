@@ -166,9 +166,11 @@ impl Manager {
         for s in &mut all {
             self.watch(&s.name, |w| {
                 s.restarts = w.restarts;
-                s.last_error = w.last_error.clone();
+                if s.state != State::Misconfigured {
+                    s.last_error = w.last_error.clone();
+                }
                 s.backoff_secs = w.backoff(&self.policy).map(|d| d.as_secs());
-                if !s.alive {
+                if !s.alive && s.state != State::Misconfigured {
                     if w.starting {
                         s.state = State::Starting;
                     } else if w.crash_loop() && w.wanted {
@@ -254,7 +256,8 @@ impl Manager {
             if let Err(e) = self.runtime.rotate_live_log(&spec.name) {
                 log(&format!("{}: cannot rotate {}: {e}", spec.name, self.runtime.log_file(&spec.name).display()));
             }
-            if launch.is_none() {
+            // Nothing to start: not ours, or not startable until its variable is set.
+            if launch.is_none() || spec.misconfigured.is_some() {
                 continue;
             }
             let Some(op) = self.ops.get(&spec.name) else { continue };
