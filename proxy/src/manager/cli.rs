@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::api::{self, ApiClient, ApiError};
 use super::client_config::{self, Written};
-use super::control::{self, DaemonStatus};
+use super::control::{self, DaemonStatus, State};
 use super::{AllReply, DEFAULT_HEALTH_INTERVAL, ItemResult, Manager, StartReply, StopReply};
 use crate::config::{Config, Env, Target};
 use crate::discovery::{self, DEFAULT_MANAGER_PORT};
@@ -305,6 +305,26 @@ pub fn table(daemons: &[DaemonStatus]) -> String {
     for row in &rows {
         line(row);
     }
+    for d in daemons {
+        if d.state == State::Misconfigured {
+            out.push_str(&format!("{}: misconfigured: {}\n", d.name, d.last_error.as_deref().unwrap_or("?")));
+        }
+        for c in d.children.iter().flatten() {
+            let dash = || "-".to_string();
+            out.push_str(&format!(
+                "{}: child for {}: pid {}, rss {}, {} session{}, {} restart{}, {}\n",
+                d.name,
+                c.share_key,
+                c.pid.map_or_else(dash, |p| p.to_string()),
+                c.rss_bytes.map_or_else(dash, |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))),
+                c.sessions,
+                if c.sessions == 1 { "" } else { "s" },
+                c.restarts,
+                if c.restarts == 1 { "" } else { "s" },
+                c.state,
+            ));
+        }
+    }
     out
 }
 
@@ -485,7 +505,6 @@ fn generate_config(ctx: &Ctx, output: Option<PathBuf>, scope: Option<Scope>, pri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::control::State;
 
     #[test]
     fn uptimes_read_naturally() {
@@ -510,6 +529,7 @@ mod tests {
             url: None,
             backoff_secs: None,
             last_error: None,
+            children: None,
         };
         let t = table(&[d]);
         let lines: Vec<&str> = t.lines().collect();

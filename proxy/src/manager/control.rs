@@ -64,6 +64,24 @@ pub struct DaemonStatus {
     /// The last start failure the manager saw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// For a stdio server (`transport = "stdio"`): the children its mcp-host runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<HostedChild>>,
+}
+
+/// One child of an mcp-host, as its `GET /status` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostedChild {
+    /// The project directory or session id it serves (`*`: every session).
+    pub share_key: String,
+    pub pid: Option<u32>,
+    /// Resident memory of its whole process group.
+    pub rss_bytes: Option<u64>,
+    /// Sessions attached to it now.
+    pub sessions: u64,
+    pub restarts: u32,
+    /// `running`, `stopped` or `crash-loop`.
+    pub state: String,
 }
 
 /// Looks at a daemon: its lock file, whether that pid lives, whether its port answers.
@@ -76,7 +94,21 @@ pub async fn snapshot(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
         status.state = State::Misconfigured;
         status.last_error = Some(problem.clone());
     }
+    if spec.hosted.is_some()
+        && status.alive
+        && let Some(port) = status.port
+    {
+        status.children = Some(host_children(port).await.unwrap_or_default());
+    }
     status
+}
+
+/// The children an mcp-host on `port` runs (its `GET /status`).
+async fn host_children(port: u16) -> Option<Vec<HostedChild>> {
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().ok()?;
+    let resp = client.get(format!("http://127.0.0.1:{port}/status")).send().await.ok()?;
+    let mut body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+    serde_json::from_value(body.get_mut("children")?.take()).ok()
 }
 
 async fn look(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
@@ -100,6 +132,7 @@ async fn look(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
                 url: Some(url.to_string()),
                 backoff_secs: None,
                 last_error: None,
+                children: None,
             };
         }
         Target::Local { port, .. } => *port,
@@ -134,6 +167,7 @@ async fn look(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
         url: None,
         backoff_secs: None,
         last_error: None,
+        children: None,
     }
 }
 
