@@ -99,9 +99,13 @@ impl Child {
             }])),
             _ => None,
         };
-        // A project's child works in the project, unless the config says where.
-        if let (ShareKey::Project(dir), None) = (&key, &launch.cwd) {
-            launch.cwd = Some(dir.clone());
+        if let ShareKey::Project(dir) = &key {
+            // A project's child works in the project, unless the config says where, and
+            // sees it as Claude Code shows a server its project (unless the config says).
+            if launch.cwd.is_none() {
+                launch.cwd = Some(dir.clone());
+            }
+            launch.env.entry("CLAUDE_PROJECT_DIR".into()).or_insert_with(|| dir.display().to_string());
         }
         Arc::new(Child {
             key,

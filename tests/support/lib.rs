@@ -35,9 +35,13 @@ pub fn bin(name: &str) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     let crate_dir = match name {
         "memory-server" => "memory-server",
+        "mcp-host" => "host",
         _ => "proxy",
     };
     let mut sources = vec![workspace.join(crate_dir).join("src")];
+    if name == "mcp-host" {
+        sources.push(workspace.join("proxy/src/config.rs")); // its config is the proxy's
+    }
     if name == "memory-server" {
         sources.push(workspace.join("migrations")); // embedded at build time
     }
