@@ -60,14 +60,13 @@ impl Host {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The session and its child, marked as seen now.
     fn session(&self, id: &str) -> Option<(SessionId, Arc<Child>)> {
         let mut sessions = self.sessions();
-        let (key, s) = sessions.get_key_value(id).map(|(k, _)| k.clone()).and_then(|k| {
-            let s = sessions.get_mut(&k)?;
-            s.last_seen = Instant::now();
-            Some((k, s.child.clone()))
-        })?;
-        Some((key, s))
+        let key = sessions.get_key_value(id)?.0.clone();
+        let s = sessions.get_mut(&key)?;
+        s.last_seen = Instant::now();
+        Some((key, s.child.clone()))
     }
 
     /// Ends a session: detached from its child, which goes too when it was the session's own.
