@@ -421,6 +421,13 @@ impl SseUpstream {
     fn received(&self) -> Vec<String> {
         self.state.received.lock().unwrap().clone()
     }
+
+    /// Sends a message on every open session's event stream (as a server notifies).
+    fn notify_all(&self, message: &Value) {
+        for stream in self.state.sessions.lock().unwrap().values() {
+            let _ = stream.send(message.to_string());
+        }
+    }
 }
 
 impl Drop for SseUpstream {
@@ -516,7 +523,7 @@ fn respond(method: &str, id: &Value, params: &Value) -> Vec<Value> {
     match method {
         "initialize" => vec![result(json!({"protocolVersion":"2024-11-05","capabilities":{"tools":{}},
             "serverInfo":{"name":"rust-sse-upstream","version":"1"}}))],
-        "ping" => vec![result(json!({}))],
+        "ping" | "resources/subscribe" | "resources/unsubscribe" | "logging/setLevel" => vec![result(json!({}))],
         "tools/list" => vec![result(json!({"tools":[
             {"name":"echo","inputSchema":{"type":"object","properties":{"text":{"type":"string"}},"required":["text"]}},
             {"name":"count","inputSchema":{"type":"object","properties":{"steps":{"type":"integer"}}}}]}))],
@@ -638,4 +645,52 @@ fn sse_cancelled_request_is_not_awaited() {
     assert!(status.success(), "{status}; stderr:\n{}", proxy.stderr_text());
     assert!(rest.iter().all(|m| m["id"] != json!(20)), "no answer is invented for a cancelled call: {rest:?}");
     assert!(upstream.received().contains(&"notifications/cancelled".to_owned()), "{:?}", upstream.received());
+}
+
+/// issue 16, item 6: a client that subscribed and set a log level, then only listens.
+/// The daemon restarts; without any message from the client, the proxy reconnects and
+/// replays the handshake, the subscription and the level, and the new daemon's
+/// `notifications/resources/updated` reaches the client; no replayed answer does.
+#[test]
+fn sse_subscriber_hears_updates_again_after_a_restart() {
+    let env = TestEnv::new();
+    let mut upstream = SseUpstream::start(EndpointForm::Query);
+    let mut proxy = Proxy::start(&env, &sse_config("legacy", &upstream), "legacy");
+    proxy.initialize("2024-11-05");
+    assert_eq!(proxy.request(2, "resources/subscribe", json!({"uri":"file:///watched"})), json!({}));
+    assert_eq!(proxy.request(3, "logging/setLevel", json!({"level":"info"})), json!({}));
+
+    upstream.restart();
+    let deadline = Instant::now() + PATIENCE;
+    while upstream.received().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never reconnected on its own: {:?}\nproxy stderr:\n{}",
+            upstream.received(),
+            proxy.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        upstream.received(),
+        ["initialize", "notifications/initialized", "resources/subscribe", "logging/setLevel"]
+    );
+    upstream.notify_all(
+        &json!({"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"file:///watched"}}),
+    );
+    let (before, update) = proxy.recv_until("resources/updated", |v| v["method"] == "notifications/resources/updated");
+    assert_eq!(update["params"]["uri"], "file:///watched", "{update}");
+    assert!(before.is_empty(), "replayed answers leaked to the client: {before:?}");
+
+    let echoed = proxy.request(4, "tools/call", json!({"name":"echo","arguments":{"text":"still here"}}));
+    assert_eq!(text_of(&echoed), "still here");
+    assert_eq!(
+        upstream.received(),
+        ["initialize", "notifications/initialized", "resources/subscribe", "logging/setLevel", "tools/call"]
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !proxy.stderr_text().contains("event stream reopened") {
+        assert!(Instant::now() < deadline, "no reconnection logged:\n{}", proxy.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -10,12 +10,16 @@
 //! stream ends), so it can be retried like on the streamable transport: when the stream
 //! drops, the daemon forgets the session (`404`) or refuses the connection, the relay
 //! finds or restarts the daemon, reopens the stream, replays the client's recorded
-//! `initialize` and `notifications/initialized`, and retries the message once; if that
+//! `initialize` and `notifications/initialized` and what it set up on its session
+//! (subscriptions, log level: [`SessionSetup`]), and retries the message once; if that
 //! fails, the client gets a JSON-RPC error for that id naming the daemon and the cause.
+//! A client with subscriptions may never send anything again, so when the stream ends
+//! under it the relay reconnects (and replays) on its own, and its resource updates go on.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use mcp_wire::PROJECT_HEADER;
@@ -27,9 +31,13 @@ use tokio::task::AbortHandle;
 
 use crate::discovery;
 use crate::relay::{RelayError, error_chain};
+use crate::replay::SessionSetup;
 use crate::upstream::Link;
 
 const STREAM_ENDED: &str = "its event stream ended";
+/// Reconnections tried for a subscriber after its stream ended, before waiting for the
+/// client's next message.
+const RECONNECT_ATTEMPTS: u32 = 5;
 
 /// A ready connection: the stream of `generation` is being read and the handshake (if
 /// the client made one) has been replayed on it.
@@ -56,6 +64,8 @@ struct State {
     generation: u64,
     initialize: Option<Value>,
     initialized: Option<Value>,
+    /// Subscriptions and log level, set up again after the handshake on a new stream.
+    setup: SessionSetup,
     /// Keyed by the request id's JSON text (so `1` and `"1"` stay apart).
     pending: HashMap<String, Waiter>,
     /// Ids the client cancelled before their request was waiting (messages are forwarded
@@ -130,7 +140,7 @@ impl SseRelay {
         match method.as_deref() {
             Some("initialize") => self.state().initialize = Some(message.clone()),
             Some("notifications/initialized") => self.state().initialized = Some(message.clone()),
-            _ => {}
+            _ => self.state().setup.note(&message),
         }
         let mut result = self.send(&message, !is_initialize).await;
         if let Err((e, generation)) = &result
@@ -198,19 +208,33 @@ impl SseRelay {
         Ok(conn)
     }
 
-    /// Replays the recorded `initialize` (under an id of our own, answer not delivered)
-    /// and `notifications/initialized` on a new connection.
+    /// Replays the recorded `initialize` (under an id of our own, answer not delivered),
+    /// `notifications/initialized` and the session's setup on a new connection.
     async fn replay(self: &Arc<Self>, conn: &Conn) -> Result<(), RelayError> {
-        let (init, initialized) = {
+        let (init, initialized, setup, described) = {
             let st = self.state();
-            (st.initialize.clone(), st.initialized.clone())
+            (st.initialize.clone(), st.initialized.clone(), st.setup.replay(conn.generation), st.setup.describe())
         };
-        if let Some(mut init) = init {
-            init["id"] = json!(format!("mcp-proxy-replay-{}", conn.generation));
-            self.exchange(conn, &init, false).await?;
-        }
+        let Some(mut init) = init else { return Ok(()) };
+        init["id"] = json!(format!("mcp-proxy-replay-{}", conn.generation));
+        self.exchange(conn, &init, false).await?;
         if let Some(n) = initialized {
             self.exchange(conn, &n, false).await?;
+        }
+        for request in &setup {
+            match self.exchange(conn, request, false).await {
+                Ok(()) => {}
+                // The new connection is lost already: the caller's retry would fail too.
+                Err(e @ (RelayError::Connect(_) | RelayError::SessionGone)) => return Err(e),
+                // The daemon refused one piece of the setup; the session still serves.
+                Err(e) => crate::log(
+                    &self.link.spec.name,
+                    &format!("replaying {}: {e}", request.get("method").and_then(Value::as_str).unwrap_or("?")),
+                ),
+            }
+        }
+        if !described.is_empty() {
+            crate::log(&self.link.spec.name, &format!("new session: replayed the handshake and {described}"));
         }
         Ok(())
     }
@@ -308,6 +332,36 @@ impl SseRelay {
             crate::log(&self.link.spec.name, STREAM_ENDED);
         }
         self.end_stream(generation, false);
+        if !self.closing.load(Ordering::SeqCst) && self.state().setup.has_subscriptions() {
+            self.reconnect_for_subscribers();
+        }
+    }
+
+    /// The stream ended under a client that listens for resource updates, which come only
+    /// on the stream, and that may never send anything again: reconnect (replaying the
+    /// handshake and setup) without waiting for it; a bounded number of times, after
+    /// which the client's next message reconnects.
+    fn reconnect_for_subscribers(self: Arc<Self>) {
+        tokio::spawn(async move {
+            for attempt in 1..=RECONNECT_ATTEMPTS {
+                // A moment for a restarting daemon to listen again.
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                let done = {
+                    let st = self.state();
+                    self.closing.load(Ordering::SeqCst) || st.conn.is_some() || !st.setup.has_subscriptions()
+                };
+                if done {
+                    return;
+                }
+                match self.connection(true).await {
+                    Ok(_) => {
+                        crate::log(&self.link.spec.name, "event stream reopened");
+                        return;
+                    }
+                    Err(e) => crate::log(&self.link.spec.name, &format!("event stream: {e}")),
+                }
+            }
+        });
     }
 
     /// One message from the daemon: an answer goes to the request waiting for it (and to

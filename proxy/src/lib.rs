@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod legacy_sse;
 pub mod manager;
 pub mod relay;
+pub mod replay;
 pub mod runtime;
 pub mod stateless;
 pub mod stdio;

@@ -1,8 +1,14 @@
 //! Relaying one client session to one daemon over streamable HTTP (or plain HTTP).
-//! The relay remembers the client's `initialize` and `notifications/initialized`, so
-//! when the daemon restarts, forgets the session (404) or refuses the connection, it can
-//! find or restart the daemon, replay the handshake and retry the message once: the
-//! client never notices.
+//! The relay remembers the client's `initialize` and `notifications/initialized`, and
+//! what the client set up on its session (subscriptions, log level: [`SessionSetup`]),
+//! so when the daemon restarts, forgets the session (404) or refuses the connection, it
+//! can find or restart the daemon, replay the handshake and the setup, reopen the
+//! session's `GET` stream and retry the message once: the client never notices.
+//!
+//! A client that only listens sends nothing that could fail, so for a session with
+//! subscriptions the `GET` stream's own loss (the daemon gone, or the session unknown)
+//! starts the same recovery: the subscriber keeps receiving
+//! `notifications/resources/updated`.
 //!
 //! Requests of the stateless revisions (2026-07-28 on, [`stateless`]) go out with the
 //! headers mirrored from their body and without a session; nothing is replayed for them
@@ -24,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Transport;
 use crate::discovery::{self, DiscoveryError};
+use crate::replay::SessionSetup;
 use crate::stateless;
 use crate::upstream::Link;
 
@@ -69,6 +76,11 @@ struct State {
     generation: u64,
     initialize: Option<Value>,
     initialized: Option<Value>,
+    /// Subscriptions and log level, set up again after the handshake at a recovery.
+    setup: SessionSetup,
+    /// The last recovery could not replay the handshake and setup (the daemon was not
+    /// back yet): the relay has no session, and the next message must recover first.
+    unreplayed: bool,
     /// The client has sent requests of a stateless revision.
     stateless_client: bool,
 }
@@ -84,6 +96,9 @@ pub struct Relay {
     state: Mutex<State>,
     /// Held while finding the daemon or recovering, so only one task does either.
     connecting: tokio::sync::Mutex<()>,
+    /// Held for a whole recovery, so a task that failed at the same time waits for it
+    /// and sees its outcome.
+    recovering: tokio::sync::Mutex<()>,
     closing: AtomicBool,
     /// Stateless requests in flight, by their JSON-RPC id (as JSON text).
     in_flight: Mutex<HashMap<String, InFlight>>,
@@ -97,6 +112,7 @@ impl Relay {
             link,
             state: Mutex::new(State::default()),
             connecting: tokio::sync::Mutex::new(()),
+            recovering: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             in_flight: Mutex::new(HashMap::new()),
             tool_headers: Mutex::new(HashMap::new()),
@@ -156,9 +172,20 @@ impl Relay {
             Some("notifications/initialized") => self.state().initialized = Some(message.clone()),
             Some("notifications/cancelled") if self.cancel(&message) => return,
             _ if stateless => self.state().stateless_client = true,
-            _ => {}
+            _ => self.state().setup.note(&message),
         }
+        let unreplayed = {
+            let st = self.state();
+            st.unreplayed.then_some(st.generation)
+        };
         let attempt = async {
+            if let Some(seen) = unreplayed.filter(|_| !is_initialize && !stateless) {
+                // Finish the recovery that could not set the session up again.
+                return match self.recover(seen, true).await {
+                    Ok(()) => self.post(&message, true).await,
+                    Err(e) => Err(e),
+                };
+            }
             let mut result = self.post(&message, true).await;
             if let Err(e) = &result
                 && e.recoverable()
@@ -224,31 +251,56 @@ impl Relay {
         }
     }
 
-    /// Finds or restarts the daemon and replays the handshake, once per generation.
+    /// Finds or restarts the daemon and replays the handshake and the session's setup,
+    /// then reopens the session's `GET` stream; once per generation.
     async fn recover(self: &Arc<Self>, seen: u64, replay: bool) -> Result<(), RelayError> {
+        let _recovering = self.recovering.lock().await;
         let guard = self.connecting.lock().await;
-        if self.state().generation != seen {
-            return Ok(()); // another task recovered while we waited
-        }
-        {
+        let generation = {
             let mut st = self.state();
+            if st.generation != seen && !st.unreplayed {
+                return Ok(()); // another task recovered while we waited
+            }
             st.endpoint = None;
             st.session = None;
             st.generation += 1;
-        }
+            st.unreplayed = replay && st.initialize.is_some();
+            st.generation
+        };
         drop(guard);
         self.endpoint().await?;
-        if replay {
-            let (init, initialized) = {
-                let st = self.state();
-                (st.initialize.clone(), st.initialized.clone())
-            };
-            if let Some(init) = init {
-                self.post(&init, false).await?;
+        if !replay {
+            return Ok(());
+        }
+        let (init, initialized, setup, described) = {
+            let st = self.state();
+            (st.initialize.clone(), st.initialized.clone(), st.setup.replay(generation), st.setup.describe())
+        };
+        let Some(init) = init else { return Ok(()) };
+        self.post(&init, false).await?;
+        if let Some(n) = initialized {
+            self.post(&n, false).await?;
+        }
+        for request in &setup {
+            match self.post(request, false).await {
+                Ok(()) => {}
+                // The new session is lost already: the caller's retry would fail too.
+                Err(e) if e.recoverable() => return Err(e),
+                // The daemon refused one piece of the setup; the session still serves.
+                Err(e) => crate::log(
+                    &self.link.spec.name,
+                    &format!("replaying {}: {e}", request.get("method").and_then(Value::as_str).unwrap_or("?")),
+                ),
             }
-            if let Some(n) = initialized {
-                self.post(&n, false).await?;
-            }
+        }
+        self.state().unreplayed = false;
+        if !described.is_empty() {
+            crate::log(&self.link.spec.name, &format!("new session: replayed the handshake and {described}"));
+        }
+        // Opened only now, so that once the stream is open everything the session
+        // listens for has been set up again.
+        if self.link.spec.wire_transport() == Transport::StreamableHttp {
+            self.clone().listen(generation, true);
         }
         Ok(())
     }
@@ -391,8 +443,10 @@ impl Relay {
             true => exchange.await,
             false => tokio::time::timeout(timeout, exchange).await.map_err(|_| RelayError::Timeout(timeout))?,
         };
-        if result.is_ok() && is_initialize && self.link.spec.wire_transport() == Transport::StreamableHttp {
-            self.clone().listen(generation);
+        // The client's own handshake opens the stream here; a replayed one, in `recover`
+        // once the session is set up again.
+        if result.is_ok() && is_initialize && deliver && self.link.spec.wire_transport() == Transport::StreamableHttp {
+            self.clone().listen(generation, false);
         }
         result
     }
@@ -444,9 +498,14 @@ impl Relay {
     }
 
     /// Opens the session's `GET` stream and relays what comes, until the session changes.
-    fn listen(self: Arc<Self>, generation: u64) {
+    /// When the stream is lost because the daemon is gone or no longer knows the session,
+    /// and the client has subscriptions, it recovers the session itself (the client may
+    /// never send anything again, and its updates would stop). `reopened`: this stream
+    /// follows a recovery (logged once it is open).
+    fn listen(self: Arc<Self>, generation: u64, reopened: bool) {
         tokio::spawn(async move {
             let mut failures = 0;
+            let mut logged = false;
             while failures < LISTEN_ATTEMPTS && !self.closing.load(Ordering::SeqCst) {
                 let (url, session, version, current) = {
                     let st = self.state();
@@ -469,23 +528,56 @@ impl Relay {
                 if let Some(p) = &self.link.project {
                     req = req.header(PROJECT_HEADER, p.clone());
                 }
-                match req.send().await {
+                let lost = match req.send().await {
                     Ok(resp) if resp.status().as_u16() == 405 => return,
                     Ok(resp) if resp.status().is_success() => {
                         failures = 0;
+                        if reopened && !logged {
+                            logged = true;
+                            crate::log(&self.link.spec.name, "event stream reopened");
+                        }
                         let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
                         while let Some(Ok(event)) = events.next().await {
                             if let Some(value) = event.data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
                                 self.link.emit(&value).await;
                             }
                         }
+                        None
                     }
-                    _ => {}
+                    Ok(resp) if resp.status().as_u16() == 404 => Some(RelayError::SessionGone),
+                    Err(e) => Some(RelayError::Connect(error_chain(&e))),
+                    Ok(_) => None,
+                };
+                if let Some(e) = lost
+                    && self.state().setup.has_subscriptions()
+                    && !self.closing.load(Ordering::SeqCst)
+                {
+                    crate::log(&self.link.spec.name, &format!("event stream: {e}; recovering for the subscriptions"));
+                    self.recover_for_subscribers(generation).await;
+                    return;
                 }
                 failures += 1;
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
             }
         });
+    }
+
+    /// Recovers the session of a lost event stream, a bounded number of times; a
+    /// successful recovery opens the new session's stream. Once the attempts are spent,
+    /// the client's next message recovers (the relay knows its replay is unfinished).
+    async fn recover_for_subscribers(self: &Arc<Self>, generation: u64) {
+        let mut seen = generation;
+        for attempt in 1..=LISTEN_ATTEMPTS {
+            match self.recover(seen, true).await {
+                Ok(()) => return,
+                Err(e) => crate::log(&self.link.spec.name, &format!("event stream: {e}")),
+            }
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            seen = self.state().generation;
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+        }
     }
 
     /// Ends the daemon-side session (best effort, bounded).

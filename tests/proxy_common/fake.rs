@@ -19,8 +19,9 @@ use tokio::sync::Semaphore;
 const SESSION: &str = "mcp-session-id";
 
 pub struct FakeState {
-    /// What happened, in order: `POST <session> <method>`, `slow answered <id>`,
-    /// `DELETE <session>`, `404 <session>`.
+    /// What happened, in order: `POST <session> <method>` (`... tools/call <tool> <id>`,
+    /// `... resources/subscribe <uri> <id>`, `... logging/setLevel <level> <id>`),
+    /// `slow answered <id>`, `DELETE <session>`, `404 <session> <method>`.
     events: Mutex<Vec<String>>,
     live: Mutex<HashSet<String>>,
     next_session: AtomicU32,
@@ -118,8 +119,12 @@ async fn on_post(State(st): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
         );
     }
     let tool = msg.pointer("/params/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id_text = id.clone().unwrap_or(Value::Null);
     if method == "tools/call" {
-        record(&st, format!("POST {label} tools/call {tool} {}", id.clone().unwrap_or(Value::Null)));
+        record(&st, format!("POST {label} tools/call {tool} {id_text}"));
+    } else if let Some(what) = msg.pointer("/params/uri").or_else(|| msg.pointer("/params/level")) {
+        let what = what.as_str().unwrap_or_default();
+        record(&st, format!("POST {label} {method} {what} {id_text}"));
     } else {
         record(&st, format!("POST {label} {method}"));
     }
@@ -141,6 +146,7 @@ async fn on_post(State(st): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
             {"name":"slow","inputSchema":{"type":"object"}},
             {"name":"fast","inputSchema":{"type":"object"}}]}),
         "tools/call" if tool == "fast" => json!({"content":[{"type":"text","text":"fast done"}]}),
+        "resources/subscribe" | "resources/unsubscribe" | "logging/setLevel" => json!({}),
         "tools/call" if tool == "slow" => {
             st.release.acquire().await.expect("semaphore open").forget();
             record(&st, format!("slow answered {id}"));

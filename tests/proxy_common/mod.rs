@@ -175,13 +175,19 @@ impl ProxyEnv {
 
     /// Waits (bounded) until `/health` reports `n` live sessions.
     pub async fn wait_live_sessions(&self, n: u64) {
+        self.wait_health("live_sessions", n).await;
+    }
+
+    /// Waits (bounded) until `/health` reports `want` under `key`.
+    pub async fn wait_health(&self, key: &str, want: impl Into<Value>) {
+        let want = want.into();
         let deadline = Instant::now() + PATIENCE;
         loop {
             let health = self.health().await;
-            if health["live_sessions"].as_u64() == Some(n) {
+            if health[key] == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "live_sessions never became {n}: {health}");
+            assert!(Instant::now() < deadline, "{key} never became {want}: {health}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
