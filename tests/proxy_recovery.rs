@@ -273,3 +273,45 @@ async fn after_a_404_the_subscriptions_and_log_level_follow_the_handshake() {
     assert_eq!(proxy.stdout_lines().len(), 7, "initialize, five setup answers, the call: {:#?}", proxy.stdout_lines());
     proxy.assert_protocol_only();
 }
+
+/// A recovery that cannot set the session up again (the restarted daemon refuses
+/// `initialize` at first): the message that started it gets an error, and the next
+/// message finishes the recovery (handshake, subscription, then the message on the new
+/// session) instead of going out without a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_whose_replay_failed_is_finished_by_the_next_message() {
+    let fake = Fake::start().await;
+    let pe = ProxyEnv::bare();
+    pe.write_config(&fake.config("up"));
+    let mut proxy = Proxy::spawn(pe.command("up", &pe.project("p"), &[]), "up");
+    proxy.initialize().await;
+    let reply = proxy.request(1, "resources/subscribe", json!({"uri":"memory://a"})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+
+    fake.expire("fake-1");
+    fake.refuse_initialize(1);
+    let before = fake.events().len();
+    let fast = json!({"name":"fast","arguments":{}});
+    let reply = proxy.request(2, "tools/call", fast.clone()).await;
+    let message = reply["error"]["message"].as_str().unwrap_or_else(|| panic!("an error answer: {reply}"));
+    assert!(
+        message.contains("`up`") && message.contains("replayed initialize: ") && message.contains("not ready"),
+        "{message}"
+    );
+    let reply = proxy.request(3, "tools/call", fast).await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    assert_eq!(
+        fake.events()[before..],
+        [
+            "404 fake-1 tools/call",
+            "503 initialize",
+            "POST - initialize",
+            "POST fake-2 notifications/initialized",
+            "POST fake-2 resources/subscribe memory://a \"mcp-proxy-replay-2-1\"",
+            "POST fake-2 tools/call fast 3"
+        ]
+    );
+    proxy.close_stdin();
+    assert_eq!(proxy.wait_exit().await.code(), Some(0));
+    proxy.assert_protocol_only();
+}

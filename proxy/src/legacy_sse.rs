@@ -50,8 +50,10 @@ struct Conn {
 /// A forwarded request waiting for its answer on the stream.
 struct Waiter {
     generation: u64,
-    /// False for the replayed `initialize`, whose answer is not the client's business.
+    /// False for replayed requests, whose answers are not the client's business.
     deliver: bool,
+    /// The request, kept for a replayed one: its error answer fails the replay.
+    replayed: Option<Value>,
     done: oneshot::Sender<Result<(), RelayError>>,
 }
 
@@ -378,10 +380,16 @@ impl SseRelay {
         let waiter = self.state().take_waiter(&key);
         match waiter {
             Some(waiter) => {
-                if waiter.deliver {
-                    self.link.emit(&value).await;
-                }
-                let _ = waiter.done.send(Ok(()));
+                let outcome = match waiter.deliver {
+                    true => {
+                        self.link.emit(&value).await;
+                        Ok(())
+                    }
+                    // A replayed request: the client never sees its answer, so an error
+                    // answer is the replay's failure.
+                    false => waiter.replayed.as_ref().and_then(|r| RelayError::refused(r, &value)).map_or(Ok(()), Err),
+                };
+                let _ = waiter.done.send(outcome);
             }
             None => crate::log(&self.link.spec.name, &format!("dropping an answer for id {key}, which nothing awaits")),
         }
@@ -426,7 +434,8 @@ impl SseRelay {
                     None // cancelled already: sent, but not waited for
                 } else {
                     let (done, answer) = oneshot::channel();
-                    st.pending.insert(key.clone(), Waiter { generation: conn.generation, deliver, done });
+                    let replayed = (!deliver).then(|| message.clone());
+                    st.pending.insert(key.clone(), Waiter { generation: conn.generation, deliver, replayed, done });
                     Some(answer)
                 }
             }
@@ -477,13 +486,14 @@ impl SseRelay {
             return match body {
                 // An error phrased as JSON-RPC: the client gets it under its own id.
                 Some(mut value) if value.get("error").is_some() && key.is_some() => {
+                    self.state().pending.remove(key.unwrap_or_default());
+                    if !deliver {
+                        return RelayError::refused(message, &value).map_or(Ok(()), Err);
+                    }
                     if value.get("id").is_none_or(Value::is_null) {
                         value["id"] = message["id"].clone();
                     }
-                    self.state().pending.remove(key.unwrap_or_default());
-                    if deliver {
-                        self.link.emit(&value).await;
-                    }
+                    self.link.emit(&value).await;
                     Ok(())
                 }
                 _ => Err(RelayError::Http { status: status.as_u16(), body: text.chars().take(300).collect() }),
@@ -495,9 +505,10 @@ impl SseRelay {
             let answers_us = key.is_some_and(|k| value.get("method").is_none() && id_key == k);
             if answers_us {
                 self.state().take_waiter(key.unwrap_or_default());
-                if deliver {
-                    self.link.emit(&value).await;
+                if !deliver {
+                    return RelayError::refused(message, &value).map_or(Ok(()), Err);
                 }
+                self.link.emit(&value).await;
                 return Ok(());
             }
             if deliver {

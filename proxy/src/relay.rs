@@ -55,6 +55,22 @@ pub enum RelayError {
     /// the request may have run, and a listen stream may already have been acknowledged.
     #[error("it closed the response stream before answering{0}")]
     StreamClosed(String),
+    /// A request the proxy replayed at a recovery was answered with an error.
+    #[error("it refused the replayed {method}: {detail}")]
+    ReplayRefused { method: String, detail: String },
+}
+
+impl RelayError {
+    /// The error for a replayed request's answer that is an error (`None` otherwise):
+    /// the client never sees that answer, so the recovery has to.
+    pub(crate) fn refused(request: &Value, answer: &Value) -> Option<RelayError> {
+        let method = request.get("method").and_then(Value::as_str).unwrap_or("request");
+        let error = answer.get("error")?;
+        Some(RelayError::ReplayRefused {
+            method: method.to_owned(),
+            detail: error.to_string().chars().take(300).collect(),
+        })
+    }
 }
 
 impl RelayError {
@@ -372,6 +388,7 @@ impl Relay {
             if status.is_success() && is_sse {
                 let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
                 let mut answered = false;
+                let mut refused = None;
                 while let Some(event) = events.next().await {
                     let event = event.map_err(|e| match revision {
                         Some(_) => RelayError::StreamClosed(format!(": {e}")),
@@ -388,26 +405,27 @@ impl Relay {
                         answered |= answer;
                         if deliver {
                             self.link.emit(&value).await;
+                        } else if answer {
+                            refused = refused.or_else(|| RelayError::refused(message, &value));
                         }
                     }
                 }
                 if revision.is_some() && message.get("id").is_some() && !answered {
                     return Err(RelayError::StreamClosed(String::new()));
                 }
-                return Ok(());
+                return refused.map_or(Ok(()), Err);
             }
             // Bytes, not `text()`: JSON is UTF-8, and text() would sniff and re-decode it.
             let body = resp.bytes().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
             // The common case, an answer the relay has nothing to learn from, goes to the
             // client as it came: checked, not parsed into a tree and printed again.
             if status.is_success()
+                && deliver
                 && !is_initialize
                 && !lists_tools
                 && let Some(line) = one_line_json(&body)
             {
-                if deliver {
-                    self.link.emit_line(line).await;
-                }
+                self.link.emit_line(line).await;
                 return Ok(());
             }
             match serde_json::from_slice::<Value>(&body) {
@@ -416,20 +434,22 @@ impl Relay {
                     if lists_tools {
                         self.learn_tools(&mut value);
                     }
-                    if deliver {
-                        self.link.emit(&value).await;
+                    if !deliver {
+                        return RelayError::refused(message, &value).map_or(Ok(()), Err);
                     }
+                    self.link.emit(&value).await;
                     Ok(())
                 }
                 // An error the daemon phrased as JSON-RPC: give it to the client under
                 // the request's own id (HTTP-level errors carry id null).
                 Ok(mut value) if value.get("error").is_some() && message.get("id").is_some() => {
+                    if !deliver {
+                        return RelayError::refused(message, &value).map_or(Ok(()), Err);
+                    }
                     if value.get("id").is_none_or(Value::is_null) {
                         value["id"] = message["id"].clone();
                     }
-                    if deliver {
-                        self.link.emit(&value).await;
-                    }
+                    self.link.emit(&value).await;
                     Ok(())
                 }
                 _ => Err(RelayError::Http {

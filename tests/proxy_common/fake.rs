@@ -21,12 +21,15 @@ const SESSION: &str = "mcp-session-id";
 pub struct FakeState {
     /// What happened, in order: `POST <session> <method>` (`... tools/call <tool> <id>`,
     /// `... resources/subscribe <uri> <id>`, `... logging/setLevel <level> <id>`),
-    /// `slow answered <id>`, `DELETE <session>`, `404 <session> <method>`.
+    /// `slow answered <id>`, `DELETE <session>`, `404 <session> <method>`,
+    /// `503 initialize`.
     events: Mutex<Vec<String>>,
     live: Mutex<HashSet<String>>,
     next_session: AtomicU32,
     /// Permits for `slow` calls to answer.
     release: Semaphore,
+    /// How many coming `initialize` requests get `503` (a daemon not ready yet).
+    refuse_initialize: AtomicU32,
 }
 
 pub struct Fake {
@@ -43,6 +46,7 @@ impl Fake {
             live: Mutex::default(),
             next_session: AtomicU32::new(0),
             release: Semaphore::new(0),
+            refuse_initialize: AtomicU32::new(0),
         });
         let app = Router::new().route("/mcp", post(on_post).get(on_get).delete(on_delete)).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -69,6 +73,11 @@ impl Fake {
     /// Lets `n` pending (or future) `slow` calls answer.
     pub fn release(&self, n: usize) {
         self.state.release.add_permits(n);
+    }
+
+    /// The next `n` `initialize` requests get `503` (recorded as `503 initialize`).
+    pub fn refuse_initialize(&self, n: u32) {
+        self.state.refuse_initialize.store(n, Ordering::SeqCst);
     }
 
     /// Forgets a session, as an idle expiry would: its next request gets 404.
@@ -116,6 +125,15 @@ async fn on_post(State(st): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
         return json_reply(
             StatusCode::NOT_FOUND,
             json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}),
+        );
+    }
+    if method == "initialize"
+        && st.refuse_initialize.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    {
+        record(&st, "503 initialize".into());
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"not ready"}}),
         );
     }
     let tool = msg.pointer("/params/name").and_then(Value::as_str).unwrap_or_default().to_owned();
