@@ -87,7 +87,8 @@ enum Command {
         lines: usize,
     },
     /// Register the proxies with an MCP client: print the `mcpServers` JSON and the
-    /// `claude mcp add-json` commands, or merge the entries into a file.
+    /// `claude mcp add-json` commands, or merge the entries into a file. Entries name
+    /// `--config` and `--manager-port` when this run's are not the defaults.
     GenerateConfig {
         /// Merge into this file.
         #[arg(long, conflicts_with = "scope")]
@@ -141,7 +142,8 @@ struct Ctx {
     config: Config,
     runtime: RuntimeDir,
     port: u16,
-    explicit_config: bool,
+    /// The `--config` given, if any.
+    config_file: Option<PathBuf>,
 }
 
 async fn run(args: Args) -> Outcome {
@@ -156,7 +158,7 @@ async fn run(args: Args) -> Outcome {
         bad_input(format!("config error: {e}; fix the file (or move it aside to use the built-in defaults)"))
     })?;
     let port = args.port.or(config.manager_port).unwrap_or(DEFAULT_MANAGER_PORT);
-    let ctx = Ctx { config, runtime, port, explicit_config: args.config.is_some() };
+    let ctx = Ctx { config, runtime, port, config_file: args.config };
     match args.command {
         Command::Serve { start_all, health_interval_secs } => {
             serve(ctx, start_all, Duration::from_secs(health_interval_secs)).await
@@ -184,7 +186,7 @@ impl Ctx {
         if self.config.daemons.contains_key(name) {
             return Ok(());
         }
-        let file = if self.explicit_config || self.config.source != "built-in defaults" {
+        let file = if self.config_file.is_some() || self.config.source != "built-in defaults" {
             self.config.source.clone()
         } else {
             self.runtime.config_file().display().to_string()
@@ -456,7 +458,9 @@ fn logs(ctx: &Ctx, name: &str, lines: usize) -> Outcome {
 
 fn generate_config(ctx: &Ctx, output: Option<PathBuf>, scope: Option<Scope>, print: bool, env: &Env) -> Outcome {
     let proxy = client_config::proxy_path().map_err(failed)?;
-    let servers = client_config::servers(&ctx.config, &proxy);
+    let extra = client_config::ProxyArgs::new(ctx.config_file.as_deref(), &ctx.runtime.config_file(), ctx.port)
+        .map_err(bad_input)?;
+    let servers = client_config::servers(&ctx.config, &proxy, &extra);
     let target = match (output, scope) {
         (Some(path), _) => Some(path),
         (None, Some(Scope::User)) => Some(

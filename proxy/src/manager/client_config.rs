@@ -1,9 +1,12 @@
 //! `generate-config`: the MCP client's server entries, one per configured daemon
-//! (`{"command": "<abs path of mcp-proxy>", "args": ["--target", name]}`), merged into
-//! an existing JSON file (Claude Code's `~/.claude.json` or a project's `.mcp.json`)
+//! (`{"command": "<abs path of mcp-proxy>", "args": ["--target", name]}`, plus
+//! `--config` and `--manager-port` when they are not the defaults: [`ProxyArgs`]), merged
+//! into an existing JSON file (Claude Code's `~/.claude.json` or a project's `.mcp.json`)
 //! without touching other servers or other top-level keys; a `<file>.bak` is written
-//! first and the file is replaced atomically. Or printed, with the equivalent
-//! `claude mcp add-json` commands.
+//! first and the file is replaced atomically. A file whose parsed JSON already holds the
+//! entries is left alone, however it is laid out (Claude Code rewrites `~/.claude.json`
+//! in its own layout), so its `.bak` keeps the user's previous version. Or printed, with
+//! the equivalent `claude mcp add-json` commands.
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -12,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 use crate::config::Config;
+use crate::discovery::DEFAULT_MANAGER_PORT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientConfigError {
@@ -25,12 +29,70 @@ pub enum ClientConfigError {
     Write { file: String, source: std::io::Error },
 }
 
+/// What an entry passes to `mcp-proxy` besides `--target`: the config file and the
+/// manager port this run used, when the proxy would not find them by default (it reads
+/// `$MCP_SESSION_MANAGER_HOME/config.toml` and asks port 3199). The entry says them
+/// itself rather than count on this shell's environment reaching the proxy: some
+/// clients start servers with a filtered environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyArgs {
+    /// `--config <absolute path>`: the file given with `--config`, unless it is the
+    /// default one (`$MCP_SESSION_MANAGER_HOME/config.toml`).
+    pub config: Option<String>,
+    /// `--manager-port <port>`, unless it is the default port.
+    pub manager_port: Option<u16>,
+}
+
+impl ProxyArgs {
+    /// `explicit`: the `--config` this run was given; `default`: the config file the
+    /// proxy reads without one. Fails for a path JSON cannot hold (not UTF-8).
+    pub fn new(explicit: Option<&Path>, default: &Path, manager_port: u16) -> Result<ProxyArgs, String> {
+        let config = match explicit {
+            Some(path) if !same_file(path, default) => {
+                // Absolute, but links kept: the user named this path, and may re-point it.
+                let absolute = std::path::absolute(path)
+                    .map_err(|e| format!("cannot make the config path {} absolute: {e}", path.display()))?;
+                let text = absolute.to_str().ok_or_else(|| {
+                    format!(
+                        "the config path {} is not UTF-8, so an MCP client's JSON config cannot name it; move the file",
+                        absolute.display()
+                    )
+                })?;
+                Some(text.to_owned())
+            }
+            _ => None,
+        };
+        Ok(ProxyArgs { config, manager_port: (manager_port != DEFAULT_MANAGER_PORT).then_some(manager_port) })
+    }
+}
+
+/// Whether two paths name the same file: the same file once links are resolved, or,
+/// when either does not exist, the same absolute path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => match (std::path::absolute(a), std::path::absolute(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+    }
+}
+
 /// The `mcpServers` object: one entry per configured daemon.
-pub fn servers(config: &Config, proxy: &Path) -> Map<String, Value> {
+pub fn servers(config: &Config, proxy: &Path, extra: &ProxyArgs) -> Map<String, Value> {
     config
         .daemons
         .keys()
-        .map(|name| (name.clone(), json!({ "command": proxy.display().to_string(), "args": ["--target", name] })))
+        .map(|name| {
+            let mut args = vec![json!("--target"), json!(name)];
+            if let Some(path) = &extra.config {
+                args.extend([json!("--config"), json!(path)]);
+            }
+            if let Some(port) = extra.manager_port {
+                args.extend([json!("--manager-port"), json!(port.to_string())]);
+            }
+            (name.clone(), json!({ "command": proxy.display().to_string(), "args": args }))
+        })
         .collect()
 }
 
@@ -38,10 +100,26 @@ pub fn servers(config: &Config, proxy: &Path) -> Map<String, Value> {
 /// our entries are set, everything else is kept in its place. Returns the new text
 /// (pretty-printed, with a final newline).
 pub fn merge(existing: Option<&str>, servers: &Map<String, Value>, file: &str) -> Result<String, ClientConfigError> {
-    let mut root = match existing.filter(|t| !t.trim().is_empty()) {
-        None => Map::new(),
+    let (_, merged) = merge_values(existing, servers, file)?;
+    Ok(pretty(&merged))
+}
+
+fn pretty(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The existing file's JSON (None when new or blank) and the merged JSON.
+fn merge_values(
+    existing: Option<&str>,
+    servers: &Map<String, Value>,
+    file: &str,
+) -> Result<(Option<Value>, Value), ClientConfigError> {
+    let before = match existing.filter(|t| !t.trim().is_empty()) {
+        None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => map,
+            Ok(Value::Object(map)) => Some(map),
             Ok(_) => {
                 return Err(ClientConfigError::Shape {
                     file: file.to_owned(),
@@ -51,6 +129,7 @@ pub fn merge(existing: Option<&str>, servers: &Map<String, Value>, file: &str) -
             Err(e) => return Err(ClientConfigError::Parse { file: file.to_owned(), message: e.to_string() }),
         },
     };
+    let mut root = before.clone().unwrap_or_default();
     let entry = root.entry("mcpServers").or_insert_with(|| Value::Object(Map::new()));
     let Value::Object(existing_servers) = entry else {
         return Err(ClientConfigError::Shape {
@@ -61,9 +140,7 @@ pub fn merge(existing: Option<&str>, servers: &Map<String, Value>, file: &str) -
     for (name, server) in servers {
         existing_servers.insert(name.clone(), server.clone());
     }
-    let mut text = serde_json::to_string_pretty(&Value::Object(root)).unwrap_or_default();
-    text.push('\n');
-    Ok(text)
+    Ok((before.map(Value::Object), Value::Object(root)))
 }
 
 /// What [`write_merged`] did.
@@ -78,7 +155,9 @@ pub enum Written {
 /// Merges `servers` into `path`: reads it (a missing file is new), writes the previous
 /// contents to `<file>.bak`, then replaces the file atomically (temp file in the same
 /// directory + rename; the file's permissions are kept, a new file is 0600). A symlink
-/// is followed, so the link stays a link. Idempotent: a second run changes nothing.
+/// is followed, so the link stays a link. Idempotent on content: when the file's parsed
+/// JSON already equals the merged JSON (whatever its whitespace and key order), nothing
+/// is written, not even a `.bak`.
 pub fn write_merged(path: &Path, servers: &Map<String, Value>) -> Result<Written, ClientConfigError> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let file = path.display().to_string();
@@ -87,10 +166,12 @@ pub fn write_merged(path: &Path, servers: &Map<String, Value>) -> Result<Written
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(ClientConfigError::Read { file, source }),
     };
-    let merged = merge(existing.as_deref(), servers, &file)?;
-    if existing.as_deref() == Some(merged.as_str()) {
+    let (before, merged) = merge_values(existing.as_deref(), servers, &file)?;
+    // serde_json's maps compare as maps (order-insensitive, also with `preserve_order`).
+    if before.as_ref() == Some(&merged) {
         return Ok(Written::Unchanged);
     }
+    let merged = pretty(&merged);
     let write_err = |source| ClientConfigError::Write { file: file.clone(), source };
     let mode = std::fs::metadata(&path).map_or(0o600, |m| m.permissions().mode() & 0o7777);
     let mut backup = None;
@@ -155,10 +236,11 @@ pub fn proxy_path() -> Result<PathBuf, String> {
 mod tests {
     use super::*;
     use crate::config::Env;
+    use std::os::unix::ffi::OsStringExt;
 
     fn servers() -> Map<String, Value> {
         let env = Env { exe_dir: None, home: None, var: Box::new(|_| None) };
-        super::servers(&Config::defaults(&env), Path::new("/opt/bin/mcp-proxy"))
+        super::servers(&Config::defaults(&env), Path::new("/opt/bin/mcp-proxy"), &ProxyArgs::default())
     }
 
     #[test]
@@ -231,6 +313,66 @@ mod tests {
         let names: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_file_with_the_same_content_in_another_layout_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("claude.json");
+        std::fs::write(&path, "{\"keep\": true}").unwrap();
+        write_merged(&path, &servers()).unwrap();
+        // As another program would write it back: compact, every object's keys reversed.
+        fn reversed(v: &Value) -> Value {
+            match v {
+                Value::Object(m) => Value::Object(m.iter().rev().map(|(k, v)| (k.clone(), reversed(v))).collect()),
+                other => other.clone(),
+            }
+        }
+        let ours: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let relaid = serde_json::to_string(&reversed(&ours)).unwrap();
+        assert!(relaid.starts_with("{\"mcpServers\":{\"memory\":{\"args\":"), "{relaid}");
+        std::fs::write(&path, &relaid).unwrap();
+        std::fs::remove_file(dir.path().join("claude.json.bak")).unwrap();
+        assert_eq!(write_merged(&path, &servers()).unwrap(), Written::Unchanged);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), relaid);
+        assert!(!dir.path().join("claude.json.bak").exists(), "no backup when nothing changes");
+        // A real difference in our entries is still written.
+        std::fs::write(&path, relaid.replacen("/opt/bin/mcp-proxy", "/old/mcp-proxy", 1)).unwrap();
+        assert!(matches!(write_merged(&path, &servers()).unwrap(), Written::Updated { backup: Some(_) }));
+    }
+
+    #[test]
+    fn proxy_args_name_only_what_differs_from_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("home/config.toml");
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "").unwrap();
+        assert_eq!(ProxyArgs::new(None, &default, DEFAULT_MANAGER_PORT).unwrap(), ProxyArgs::default());
+        // The default file named explicitly, even through another spelling, is the default.
+        let spelled = dir.path().join("home/../home/config.toml");
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(ProxyArgs::new(Some(&spelled), &default, DEFAULT_MANAGER_PORT).unwrap(), ProxyArgs::default());
+        let args = ProxyArgs::new(Some(&other), &default, 4000).unwrap();
+        assert_eq!(args.config.as_deref(), other.to_str());
+        assert_eq!(args.manager_port, Some(4000));
+        // A relative path becomes absolute.
+        let relative = ProxyArgs::new(Some(Path::new("cfg/x.toml")), &default, DEFAULT_MANAGER_PORT).unwrap();
+        let expected = std::env::current_dir().unwrap().join("cfg/x.toml");
+        assert_eq!(relative.config.as_deref(), expected.to_str());
+        // JSON cannot name a path that is not UTF-8.
+        let odd = std::path::PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/\xff.toml".to_vec()));
+        let e = ProxyArgs::new(Some(&odd), &default, DEFAULT_MANAGER_PORT).unwrap_err();
+        assert!(e.contains("not UTF-8"), "{e}");
+
+        let env = Env { exe_dir: None, home: None, var: Box::new(|_| None) };
+        let s = super::servers(&Config::defaults(&env), Path::new("/opt/bin/mcp-proxy"), &args);
+        let path = other.to_str().unwrap();
+        assert_eq!(
+            s["memory"],
+            json!({"command": "/opt/bin/mcp-proxy",
+                   "args": ["--target", "memory", "--config", path, "--manager-port", "4000"]})
+        );
     }
 
     #[test]
