@@ -310,7 +310,11 @@ async fn request(
     let is_answer = |m: &Value| m.get("method").is_none() && m.get("id") == Some(&id);
     let Some(first) = rx.recv().await else {
         watch.answered = true;
-        return ok_error(id, -32603, "mcp-host: the request was cancelled, or its session ended, before the server answered");
+        return ok_error(
+            id,
+            -32603,
+            "mcp-host: the request was cancelled, or its session ended, before the server answered",
+        );
     };
     if is_answer(&first) {
         watch.answered = true;
