@@ -250,7 +250,11 @@ impl Child {
                 "protocolVersion": mcp_wire::V2025_11_25,
                 // Every capability a session may bring: a server request that no
                 // attached session can answer gets an error from the mux instead.
-                "capabilities": {"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}},
+                "capabilities": {
+                    "roots": {"listChanged": true},
+                    "sampling": {},
+                    "elicitation": {"form": {}, "url": {}},
+                },
                 "clientInfo": {"name": "mcp-host", "version": env!("CARGO_PKG_VERSION")},
             }),
         );

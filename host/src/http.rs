@@ -77,6 +77,12 @@ impl Host {
         }
     }
 
+    /// Ends every session (at shutdown), their open streams with them.
+    pub async fn end_all_sessions(&self) {
+        let ids: Vec<SessionId> = self.sessions().keys().cloned().collect();
+        futures_util::future::join_all(ids.iter().map(|id| self.end_session(id))).await;
+    }
+
     /// Sessions whose client is gone (no stream, no request for [`SESSION_IDLE`]).
     pub fn stale_sessions(&self) -> Vec<SessionId> {
         self.sessions()

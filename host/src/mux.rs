@@ -351,7 +351,18 @@ impl Mux {
             "roots/list" => Some("roots"),
             _ => None,
         };
-        let able = |m: &Member| needs.is_none_or(|cap| m.capabilities.get(cap).is_some_and(|c| !c.is_null()));
+        // An elicitation in URL mode needs a session that declared that mode; form mode
+        // (the default) one that declared form, or elicitation without modes (2025-06-18).
+        let url_mode = method == "elicitation/create" && message.pointer("/params/mode") == Some(&json!("url"));
+        let able = |m: &Member| {
+            let Some(cap) = needs else { return true };
+            let Some(c) = m.capabilities.get(cap).filter(|c| !c.is_null()) else { return false };
+            if cap != "elicitation" {
+                return true;
+            }
+            let declares = |mode: &str| c.get(mode).is_some_and(|v| !v.is_null());
+            if url_mode { declares("url") } else { declares("form") || !declares("url") }
+        };
         // The session whose request is in flight (the latest, when several are), else
         // the most recently active session that can answer and has a stream open.
         let in_flight = self
@@ -586,6 +597,34 @@ mod tests {
         let mut mux = Mux::new("x", Some(json!([{"uri":"file:///p","name":"p"}])));
         let r = mux.route(json!({"id":4,"method":"roots/list"}));
         assert_eq!(r.to_child.unwrap()["result"]["roots"][0]["uri"], json!("file:///p"));
+    }
+
+    #[test]
+    fn an_elicitation_goes_to_a_session_that_declared_its_mode() {
+        let mut mux = Mux::new("x", None);
+        let (form, url) = (session("form"), session("url"));
+        mux.join(form.clone(), json!({"elicitation": {}}));
+        mux.join(url.clone(), json!({"elicitation": {"url": {}}}));
+        let (kf, mut rf) = sink();
+        let (ku, mut ru) = sink();
+        mux.set_stream(&form, kf);
+        mux.set_stream(&url, ku);
+        for (id, mode) in [(1, json!("url")), (2, json!("form")), (3, Value::Null)] {
+            let r = mux.route(json!({"id":id,"method":"elicitation/create","params":{"mode":mode,"message":"m"}}));
+            assert!(r.to_child.is_none());
+            for (k, v) in r.deliver {
+                k.send(v).unwrap();
+            }
+        }
+        assert_eq!(ru.try_recv().unwrap()["params"]["mode"], json!("url"));
+        assert!(ru.try_recv().is_err(), "a session declaring only url mode gets no form");
+        assert_eq!(rf.try_recv().unwrap()["params"]["mode"], json!("form"));
+        assert_eq!(rf.try_recv().unwrap()["params"]["mode"], Value::Null);
+
+        let mut mux = Mux::new("x", None);
+        mux.join(form.clone(), json!({"elicitation": {}}));
+        let r = mux.route(json!({"id":4,"method":"elicitation/create","params":{"mode":"url","message":"m"}}));
+        assert_eq!(r.to_child.unwrap()["error"]["code"], json!(-32601), "nobody can open a URL");
     }
 
     #[test]

@@ -110,18 +110,37 @@ pub async fn run(target: &str, config: Option<&Path>) -> Result<(), HostError> {
     );
     let sweeper = tokio::spawn(sweep(host.clone()));
     let service = router(host.clone()).into_make_service_with_connect_info::<Peer>();
+    let ending = host.clone();
+    let name = target.to_owned();
     let shutdown = async move {
         let _ = sigterm.recv().await;
+        // Children first, while their sessions are attached: a session's own child is
+        // retired when its session ends, which the server's stop would cut short.
+        crate::log(&name, "stopping: ending every child");
+        retire_all(&ending).await;
+        // The graceful shutdown waits for every open response, and a session's event
+        // stream stays open until its session ends: end them all, and any that starts
+        // before the server has stopped accepting.
+        tokio::spawn(async move {
+            loop {
+                ending.end_all_sessions().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
     };
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     sweeper.abort();
-    crate::log(target, "stopping: ending every child");
-    let children = host.pool.take_all();
-    futures_util::future::join_all(children.iter().map(|c| c.retire())).await;
+    retire_all(&host).await; // any started meanwhile
     if runtime.read_lock(target).is_some_and(|l| l.pid == std::process::id()) {
         runtime.remove_lock(target);
     }
     served.map_err(HostError::Io)
+}
+
+/// Takes every child out of the pool and stops it.
+async fn retire_all(host: &Host) {
+    let children = host.pool.take_all();
+    futures_util::future::join_all(children.iter().map(|c| c.retire())).await;
 }
 
 /// Ends sessions whose clients are gone and stops children idle for `idle_stop_secs`.
