@@ -4,6 +4,7 @@
 //! sessions are attached (re-initialized, re-subscribed, its log level set again), and
 //! stopped on request (stdin closed, then SIGTERM, then SIGKILL to its group).
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -91,21 +92,38 @@ pub struct ChildStatus {
 }
 
 impl Child {
-    pub fn new(key: ShareKey, name: &str, mut launch: Launch, startup_timeout: Duration, log: String) -> Arc<Child> {
-        let fallback_roots = match &key {
-            ShareKey::Project(dir) => Some(json!([{
+    /// `project`: the directory of the session that makes it (a project's own, or a
+    /// session's); a child for every session has none.
+    pub fn new(
+        key: ShareKey,
+        project: Option<&Path>,
+        name: &str,
+        mut launch: Launch,
+        startup_timeout: Duration,
+        log: String,
+    ) -> Arc<Child> {
+        let fallback_roots = project.map(|dir| {
+            json!([{
                 "uri": file_uri(dir),
                 "name": dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
-            }])),
-            _ => None,
-        };
-        if let ShareKey::Project(dir) = &key {
-            // A project's child works in the project, unless the config says where, and
-            // sees it as Claude Code shows a server its project (unless the config says).
-            if launch.cwd.is_none() {
-                launch.cwd = Some(dir.clone());
+            }])
+        });
+        match project {
+            // It works in its project, unless the config says where, and sees it as
+            // Claude Code shows a server its project (unless the config says otherwise).
+            Some(dir) => {
+                if launch.cwd.is_none() {
+                    launch.cwd = Some(dir.to_path_buf());
+                }
+                launch.env.entry("CLAUDE_PROJECT_DIR".into()).or_insert_with(|| dir.display().to_string());
             }
-            launch.env.entry("CLAUDE_PROJECT_DIR".into()).or_insert_with(|| dir.display().to_string());
+            // Shared by every project: the home directory, rather than whichever
+            // directory the proxy that happened to start the host was in.
+            None => {
+                if launch.cwd.is_none() {
+                    launch.cwd = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(std::path::PathBuf::from);
+                }
+            }
         }
         Arc::new(Child {
             key,
@@ -384,7 +402,7 @@ impl Child {
         };
         let why =
             format!("mcp-host: server `{}` exited ({status}) while this request ran; see {}", self.name, self.log);
-        let failed = self.mux().fail_all(&why);
+        let failed = self.mux().fail_all(&why, &format!("it exited ({status})"));
         for (sink, message) in failed {
             let _ = sink.send(message);
         }
@@ -408,7 +426,10 @@ impl Child {
             }
             wait
         };
-        if self.mux().members() == 0 {
+        // A child that never completed its handshake is not restarted here: whoever was
+        // starting it reports the failure, and the next request tries again (after the
+        // backoff, when it keeps failing).
+        if self.mux().members() == 0 || lived.is_none() {
             return;
         }
         tokio::time::sleep(wait).await;

@@ -224,9 +224,9 @@ async fn initialize(host: &Host, headers: &HeaderMap, id: Value, message: &Value
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, id, -32602, &e),
     };
     let session: SessionId = Arc::from(new_session_id());
-    let key = host.pool.key_for(&session, project);
+    let key = host.pool.key_for(&session, project.clone());
     let capabilities = message.pointer("/params/capabilities").cloned().unwrap_or_else(|| json!({}));
-    let child = host.pool.attach(key, session.clone(), capabilities);
+    let child = host.pool.attach(key, project.as_deref(), session.clone(), capabilities);
     let init = match child.ensure_running().await {
         Ok(init) => init,
         Err(e) => {

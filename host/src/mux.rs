@@ -472,14 +472,15 @@ impl Mux {
         self.members.get(session)?.stream.clone().filter(|k| !k.is_closed())
     }
 
-    /// The child is gone: every waiting request gets an error naming it and `why`.
-    pub fn fail_all(&mut self, why: &str) -> Vec<(Sink, Value)> {
+    /// The child is gone: every waiting session request gets an error saying `why`; the
+    /// host's own requests (the handshake) get `cause`, which their caller words itself.
+    pub fn fail_all(&mut self, why: &str, cause: &str) -> Vec<(Sink, Value)> {
         let mut out = Vec::new();
         for (_, waiter) in self.pending.drain() {
             match waiter {
                 Waiter::Session { id, sink, .. } => out.push((sink, error_answer(id, -32603, why))),
                 Waiter::Host(tx) => {
-                    let _ = tx.send(error_answer(Value::Null, -32603, why));
+                    let _ = tx.send(error_answer(Value::Null, -32603, cause));
                 }
             }
         }
@@ -675,7 +676,7 @@ mod tests {
         mux.join(a.clone(), json!({}));
         let (ka, _ra) = sink();
         let _ = mux.request(&a, json!({"id":"q","method":"tools/call"}), ka);
-        let failed = mux.fail_all("server `x` exited");
+        let failed = mux.fail_all("server `x` exited", "it exited");
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].1["id"], json!("q"));
         assert_eq!(mux.in_flight(), 0);

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,13 +76,17 @@ impl Pool {
         }
     }
 
-    /// Attaches a session to the child for `key` (made when there is none).
-    pub fn attach(&self, key: ShareKey, session: SessionId, capabilities: Value) -> Arc<Child> {
+    /// Attaches a session (of `project`) to the child for `key` (made when there is none).
+    pub fn attach(&self, key: ShareKey, project: Option<&Path>, session: SessionId, capabilities: Value) -> Arc<Child> {
         let mut children = self.children();
+        let project = match key {
+            ShareKey::Global => None,
+            _ => project,
+        };
         let child = children
             .entry(key.clone())
             .or_insert_with(|| {
-                Child::new(key, &self.name, self.hosted.server.clone(), self.startup_timeout, self.log.clone())
+                Child::new(key, project, &self.name, self.hosted.server.clone(), self.startup_timeout, self.log.clone())
             })
             .clone();
         child.mux().join(session, capabilities);
