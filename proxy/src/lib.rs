@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod filter;
 pub mod legacy_sse;
 pub mod manager;
 pub mod relay;

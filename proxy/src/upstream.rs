@@ -1,6 +1,9 @@
-//! The relay a session uses, picked by the daemon's `transport`: streamable HTTP and
-//! plain HTTP go through [`Relay`], the deprecated HTTP+SSE transport through
-//! [`SseRelay`]. Both have the same surface, which is all `stdio` sees.
+//! The relay a session uses, picked by the daemon's `transport`: streamable HTTP, plain
+//! HTTP and hosted stdio servers go through [`Relay`], the deprecated HTTP+SSE transport
+//! through [`SseRelay`]. Both have the same surface, which is all `stdio` sees; around
+//! them sits what is the same for every transport: the tool filter ([`ToolGate`]: every
+//! client message passes [`Upstream::forward`], every line to the client passes
+//! [`Link::emit`] or [`Link::emit_line`]).
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use serde_json::{Value, json};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{DaemonSpec, Transport};
+use crate::filter::ToolGate;
 use crate::legacy_sse::SseRelay;
 use crate::relay::{Output, Relay, RelayError, encode_project};
 use crate::runtime::RuntimeDir;
@@ -25,6 +29,8 @@ pub struct Link {
     /// The daemon's configured `headers` (for `url` daemons).
     pub extra_headers: HeaderMap,
     pub out: Output,
+    /// The tool filter: sees every line written to the client.
+    pub gate: Arc<ToolGate>,
 }
 
 impl Link {
@@ -37,17 +43,21 @@ impl Link {
             }
         }
         let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
-        Link { spec, runtime, manager_port, client, project, extra_headers, out }
+        let gate = Arc::new(ToolGate::new(&spec.name, spec.tools.clone()));
+        Link { spec, runtime, manager_port, client, project, extra_headers, out, gate }
     }
 
-    /// Writes one message to the client as one line.
+    /// Writes one message to the client as one line (without the filtered tools when it
+    /// answers a `tools/list`).
     pub async fn emit(&self, value: &Value) {
-        self.emit_line(value.to_string()).await;
+        let line = self.gate.outgoing(value).to_string();
+        let _ = self.out.send(line).await;
     }
 
-    /// Writes a line that is one JSON message already (see `relay::one_line_json`).
+    /// Writes a line that is one JSON message already (see `relay::one_line_json`); the
+    /// tool filter looks into it only while a `tools/list` is in flight.
     pub async fn emit_line(&self, line: String) {
-        let _ = self.out.send(line).await;
+        let _ = self.out.send(self.gate.outgoing_line(line)).await;
     }
 
     /// Logs a message that could not be relayed and, for a request, answers the client
@@ -66,9 +76,17 @@ impl Link {
 }
 
 #[derive(Clone)]
-pub enum Upstream {
+enum Kind {
     Streamable(Arc<Relay>),
     LegacySse(Arc<SseRelay>),
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    kind: Kind,
+    gate: Arc<ToolGate>,
+    out: Output,
+    name: Arc<str>,
 }
 
 impl Upstream {
@@ -80,61 +98,58 @@ impl Upstream {
         out: Output,
     ) -> Upstream {
         let transport = spec.wire_transport();
-        let link = Link::new(spec, runtime, manager_port, project, out);
-        match transport {
-            Transport::Sse => Upstream::LegacySse(SseRelay::new(link)),
-            Transport::StreamableHttp | Transport::Http | Transport::Stdio => Upstream::Streamable(Relay::new(link)),
-        }
+        let name: Arc<str> = spec.name.as_str().into();
+        let link = Link::new(spec, runtime, manager_port, project, out.clone());
+        let gate = link.gate.clone();
+        let kind = match transport {
+            Transport::Sse => Kind::LegacySse(SseRelay::new(link)),
+            Transport::StreamableHttp | Transport::Http | Transport::Stdio => Kind::Streamable(Relay::new(link)),
+        };
+        Upstream { kind, gate, out, name }
     }
 
     pub fn name(&self) -> &str {
-        match self {
-            Upstream::Streamable(r) => r.name(),
-            Upstream::LegacySse(r) => r.name(),
-        }
+        &self.name
     }
 
     /// Starts finding (or starting) the daemon at once.
     pub fn warm_up(&self) {
-        match self {
-            Upstream::Streamable(r) => r.warm_up(),
-            Upstream::LegacySse(r) => r.warm_up(),
+        match &self.kind {
+            Kind::Streamable(r) => r.warm_up(),
+            Kind::LegacySse(r) => r.warm_up(),
         }
     }
 
-    /// Forwards one client message; every answer and stream message goes to stdout.
+    /// Forwards one client message; every answer and stream message goes to stdout. A
+    /// call of a filtered tool is answered here and never sent.
     pub async fn forward(&self, message: Value) {
-        match self {
-            Upstream::Streamable(r) => r.forward(message).await,
-            Upstream::LegacySse(r) => r.forward(message).await,
+        let admitted = self.gate.admit(message);
+        if let Some(refusal) = admitted.refusal {
+            let _ = self.out.send(refusal.to_string()).await;
         }
+        if let Some(message) = admitted.forward {
+            match &self.kind {
+                Kind::Streamable(r) => r.forward(message).await,
+                Kind::LegacySse(r) => r.forward(message).await,
+            }
+        }
+        // The relays return once the answer is written (or given up on).
+        self.gate.release(&admitted.listing);
     }
 
     /// Closes the open `subscriptions/listen` streams (stdin ended: they never finish).
     pub fn end_listens(&self) {
-        match self {
-            Upstream::Streamable(r) => r.end_listens(),
-            Upstream::LegacySse(_) => {}
+        match &self.kind {
+            Kind::Streamable(r) => r.end_listens(),
+            Kind::LegacySse(_) => {}
         }
     }
 
     /// Ends the daemon-side session (best effort, bounded).
     pub async fn close(&self) {
-        match self {
-            Upstream::Streamable(r) => r.close().await,
-            Upstream::LegacySse(r) => r.close().await,
+        match &self.kind {
+            Kind::Streamable(r) => r.close().await,
+            Kind::LegacySse(r) => r.close().await,
         }
-    }
-}
-
-impl From<Arc<Relay>> for Upstream {
-    fn from(relay: Arc<Relay>) -> Upstream {
-        Upstream::Streamable(relay)
-    }
-}
-
-impl From<Arc<SseRelay>> for Upstream {
-    fn from(relay: Arc<SseRelay>) -> Upstream {
-        Upstream::LegacySse(relay)
     }
 }

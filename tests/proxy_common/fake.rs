@@ -1,7 +1,8 @@
 //! A fake MCP streamable-HTTP upstream for the relaying tests: JSON replies, sessions it
 //! can forget on demand (to answer 404 like an expired session), a `fast` tool and a
 //! `slow` tool that answers only when the test releases it. It records what it sees, in
-//! order, so tests assert on the sequence of events rather than on timing.
+//! order, so tests assert on the sequence of events rather than on timing. Optionally it
+//! answers requests as SSE streams (a log notification, then the answer).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,6 +31,8 @@ pub struct FakeState {
     release: Semaphore,
     /// How many coming `initialize` requests get `503` (a daemon not ready yet).
     refuse_initialize: AtomicU32,
+    /// Answer requests (other than `initialize`) as SSE streams.
+    sse: bool,
 }
 
 pub struct Fake {
@@ -41,12 +44,22 @@ pub struct Fake {
 impl Fake {
     /// Serves on a free loopback port (in the test's runtime) until dropped.
     pub async fn start() -> Fake {
+        Fake::start_with(false).await
+    }
+
+    /// Answers requests as SSE streams: a `notifications/message`, then the answer.
+    pub async fn start_sse() -> Fake {
+        Fake::start_with(true).await
+    }
+
+    async fn start_with(sse: bool) -> Fake {
         let state = Arc::new(FakeState {
             events: Mutex::default(),
             live: Mutex::default(),
             next_session: AtomicU32::new(0),
             release: Semaphore::new(0),
             refuse_initialize: AtomicU32::new(0),
+            sse,
         });
         let app = Router::new().route("/mcp", post(on_post).get(on_get).delete(on_delete)).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,7 +190,15 @@ async fn on_post(State(st): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
             );
         }
     };
-    json_reply(StatusCode::OK, json!({"jsonrpc":"2.0","id":id,"result":result}))
+    let answer = json!({"jsonrpc":"2.0","id":id,"result":result});
+    if st.sse {
+        // A log notification first, as servers that stream their answers send them.
+        let note = json!({"jsonrpc":"2.0","method":"notifications/message",
+            "params":{"level":"info","data":format!("answering {method}")}});
+        let body = format!("event: message\ndata: {note}\n\nevent: message\ndata: {answer}\n\n");
+        return (StatusCode::OK, [("content-type", "text/event-stream")], body).into_response();
+    }
+    json_reply(StatusCode::OK, answer)
 }
 
 async fn on_get() -> StatusCode {

@@ -5,6 +5,7 @@
 //! detached) when the test ends, however it ends.
 #![allow(dead_code)]
 
+pub mod bridge;
 pub mod fake;
 
 use std::collections::VecDeque;
