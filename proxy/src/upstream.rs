@@ -3,7 +3,7 @@
 //! through [`SseRelay`]. Both have the same surface, which is all `stdio` sees; around
 //! them sits what is the same for every transport: the tool filter ([`ToolGate`]: every
 //! client message passes [`Upstream::forward`], every line to the client passes
-//! [`Link::emit`] or [`Link::emit_line`]).
+//! [`Link::emit`] or [`Link::emit_line`]) and the HTTP client with its TLS roots.
 
 use std::sync::Arc;
 
@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{DaemonSpec, Transport};
+use crate::config::{DaemonSpec, Target, Transport};
 use crate::filter::ToolGate;
 use crate::legacy_sse::SseRelay;
-use crate::relay::{Output, Relay, RelayError, encode_project};
+use crate::relay::{Output, Relay, RelayError, encode_project, error_chain};
 use crate::runtime::RuntimeDir;
 
 /// What every relay needs: the daemon and how to find or start it, an HTTP client with
@@ -31,6 +31,9 @@ pub struct Link {
     pub out: Output,
     /// The tool filter: sees every line written to the client.
     pub gate: Arc<ToolGate>,
+    /// Why no request can reach the daemon as configured (a `ca_file` that cannot be
+    /// read or parsed), when so: every request is answered with it.
+    pub unusable: Option<String>,
 }
 
 impl Link {
@@ -42,9 +45,12 @@ impl Link {
                 extra_headers.insert(k, v);
             }
         }
-        let client = reqwest::Client::builder().no_proxy().build().unwrap_or_else(|_| reqwest::Client::new());
+        let (client, unusable) = match http_client(&spec) {
+            Ok(client) => (client, None),
+            Err(problem) => (plain_client(), Some(problem)),
+        };
         let gate = Arc::new(ToolGate::new(&spec.name, spec.tools.clone()));
-        Link { spec, runtime, manager_port, client, project, extra_headers, out, gate }
+        Link { spec, runtime, manager_port, client, project, extra_headers, out, gate, unusable }
     }
 
     /// Writes one message to the client as one line (without the filtered tools when it
@@ -75,6 +81,39 @@ impl Link {
     }
 }
 
+/// The HTTP client for a daemon. Only an `https://` url daemon gets TLS roots: the
+/// system's (rustls-platform-verifier reads them when the client is built) plus its
+/// `ca_file`, every certificate of which is trusted beside them. Everything else is plain
+/// HTTP, so reading the system's root store would only cost start-up time (and fail on a
+/// machine that has none). `Err` names the `ca_file` (or the TLS set-up) that is unusable.
+fn http_client(spec: &DaemonSpec) -> Result<reqwest::Client, String> {
+    let https = matches!(&spec.target, Target::Remote { url } if url.scheme() == "https");
+    if !https {
+        return Ok(plain_client());
+    }
+    // Never through a proxy from the environment: the daemon is the one configured.
+    let builder = reqwest::Client::builder().no_proxy();
+    let Some(path) = &spec.ca_file else {
+        return builder.build().map_err(|e| format!("cannot set up TLS: {}", error_chain(&e)));
+    };
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {shown}: {e}"))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("cannot parse ca_file {shown}: {}", error_chain(&e)))?;
+    if certs.is_empty() {
+        return Err(format!("cannot parse ca_file {shown}: it holds no PEM certificate"));
+    }
+    // The verifier parses each certificate when the client is built: a PEM block whose
+    // contents are not a certificate is refused there.
+    builder.tls_certs_merge(certs).build().map_err(|e| format!("cannot use ca_file {shown}: {}", error_chain(&e)))
+}
+
+/// A client that never speaks TLS (no roots at all, so building it reads nothing from
+/// the system and cannot fail on the environment's account).
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().tls_certs_only([]).build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
 #[derive(Clone)]
 enum Kind {
     Streamable(Arc<Relay>),
@@ -87,6 +126,8 @@ pub struct Upstream {
     gate: Arc<ToolGate>,
     out: Output,
     name: Arc<str>,
+    /// `Link::unusable`: every request is answered with it, nothing is sent.
+    unusable: Option<Arc<str>>,
 }
 
 impl Upstream {
@@ -101,11 +142,12 @@ impl Upstream {
         let name: Arc<str> = spec.name.as_str().into();
         let link = Link::new(spec, runtime, manager_port, project, out.clone());
         let gate = link.gate.clone();
+        let unusable = link.unusable.as_deref().map(Arc::from);
         let kind = match transport {
             Transport::Sse => Kind::LegacySse(SseRelay::new(link)),
             Transport::StreamableHttp | Transport::Http | Transport::Stdio => Kind::Streamable(Relay::new(link)),
         };
-        Upstream { kind, gate, out, name }
+        Upstream { kind, gate, out, name, unusable }
     }
 
     pub fn name(&self) -> &str {
@@ -114,6 +156,10 @@ impl Upstream {
 
     /// Starts finding (or starting) the daemon at once.
     pub fn warm_up(&self) {
+        if let Some(problem) = &self.unusable {
+            crate::log(&self.name, problem);
+            return;
+        }
         match &self.kind {
             Kind::Streamable(r) => r.warm_up(),
             Kind::LegacySse(r) => r.warm_up(),
@@ -123,6 +169,14 @@ impl Upstream {
     /// Forwards one client message; every answer and stream message goes to stdout. A
     /// call of a filtered tool is answered here and never sent.
     pub async fn forward(&self, message: Value) {
+        if let Some(problem) = &self.unusable {
+            if let Some(answer) =
+                answer_requests(&message, -32603, &format!("mcp-proxy: daemon `{}`: {problem}", self.name))
+            {
+                let _ = self.out.send(answer.to_string()).await;
+            }
+            return;
+        }
         let admitted = self.gate.admit(message);
         if let Some(refusal) = admitted.refusal {
             let _ = self.out.send(refusal.to_string()).await;
@@ -151,5 +205,21 @@ impl Upstream {
             Kind::Streamable(r) => r.close().await,
             Kind::LegacySse(r) => r.close().await,
         }
+    }
+}
+
+/// The error answer (`code`, `message`) for every request in `message` (a batch gets an
+/// array); `None` when it holds no request (notifications and client responses).
+fn answer_requests(message: &Value, code: i64, text: &str) -> Option<Value> {
+    let answer = |m: &Value| {
+        let id = m.get("id").filter(|id| !id.is_null() && m.get("method").is_some())?;
+        Some(json!({"jsonrpc":"2.0","id":id,"error":{"code":code,"message":text}}))
+    };
+    match message {
+        Value::Array(batch) => {
+            let answers: Vec<Value> = batch.iter().filter_map(answer).collect();
+            (!answers.is_empty()).then_some(Value::Array(answers))
+        }
+        m => answer(m),
     }
 }

@@ -2,7 +2,8 @@
 //! can forget on demand (to answer 404 like an expired session), a `fast` tool and a
 //! `slow` tool that answers only when the test releases it. It records what it sees, in
 //! order, so tests assert on the sequence of events rather than on timing. Optionally it
-//! answers requests as SSE streams (a log notification, then the answer).
+//! answers requests as SSE streams (a log notification, then the answer), and serves over
+//! TLS (`proxy_common/tls.rs`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::{TestCa, TlsListener};
 
 const SESSION: &str = "mcp-session-id";
 
@@ -39,20 +43,27 @@ pub struct Fake {
     pub url: String,
     state: Arc<FakeState>,
     task: tokio::task::JoinHandle<()>,
+    /// Over TLS: the handshakes that failed, with the reason.
+    tls_refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl Fake {
     /// Serves on a free loopback port (in the test's runtime) until dropped.
     pub async fn start() -> Fake {
-        Fake::start_with(false).await
+        Fake::start_with(false, None).await
     }
 
     /// Answers requests as SSE streams: a `notifications/message`, then the answer.
     pub async fn start_sse() -> Fake {
-        Fake::start_with(true).await
+        Fake::start_with(true, None).await
     }
 
-    async fn start_with(sse: bool) -> Fake {
+    /// Serves `https://localhost:PORT/mcp` with a certificate `ca` issued.
+    pub async fn start_https(ca: &TestCa) -> Fake {
+        Fake::start_with(false, Some(ca.acceptor.clone())).await
+    }
+
+    async fn start_with(sse: bool, tls: Option<TlsAcceptor>) -> Fake {
         let state = Arc::new(FakeState {
             events: Mutex::default(),
             live: Mutex::default(),
@@ -62,12 +73,30 @@ impl Fake {
             sse,
         });
         let app = Router::new().route("/mcp", post(on_post).get(on_get).delete(on_delete)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://127.0.0.1:{}/mcp", listener.local_addr().unwrap().port());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Fake { url, state, task }
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let tls_refused = Arc::new(Mutex::new(Vec::new()));
+        let (url, task) = match tls {
+            None => {
+                let task = tokio::spawn(async move {
+                    let _ = axum::serve(tcp, app).await;
+                });
+                (format!("http://127.0.0.1:{port}/mcp"), task)
+            }
+            Some(acceptor) => {
+                let listener = TlsListener { tcp, acceptor, refused: tls_refused.clone() };
+                let task = tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                });
+                (format!("https://localhost:{port}/mcp"), task)
+            }
+        };
+        Fake { url, state, task, tls_refused }
+    }
+
+    /// TLS handshakes that failed so far (over TLS only).
+    pub fn tls_refusals(&self) -> Vec<String> {
+        self.tls_refused.lock().unwrap().clone()
     }
 
     /// A `config.toml` that makes `name` this server (reached by url, never started).

@@ -7,6 +7,7 @@
 
 pub mod bridge;
 pub mod fake;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

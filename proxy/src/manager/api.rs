@@ -347,7 +347,9 @@ impl ApiClient {
         if !ping(port).await {
             return None;
         }
-        let client = reqwest::Client::builder().no_proxy().timeout(timeout).build().ok()?;
+        // Plain HTTP on loopback: no TLS roots, so a system without a root store (where
+        // building a TLS client fails) still finds its manager.
+        let client = reqwest::Client::builder().no_proxy().tls_certs_only([]).timeout(timeout).build().ok()?;
         let api = ApiClient { port, client };
         let pong = tokio::time::timeout(Duration::from_secs(3), api.call(Method::GET, "/ping", None)).await.ok()?;
         (pong.ok()?.get("service")? == "mcp-manager").then_some(api)
