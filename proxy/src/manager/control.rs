@@ -115,8 +115,10 @@ async fn look(spec: &DaemonSpec, runtime: &RuntimeDir) -> DaemonStatus {
     let transport = spec.transport.as_str().to_owned();
     let port = match &spec.target {
         Target::Remote { url } => {
+            // A misconfigured url daemon is not probed: whatever answers there cannot be
+            // used until its variable is set (and its url may be the placeholder).
             let alive = match (url.host_str(), url.port_or_known_default()) {
-                (Some(host), Some(port)) => probe(host, port).await,
+                (Some(host), Some(port)) if spec.misconfigured.is_none() => probe(host, port).await,
                 _ => false,
             };
             return DaemonStatus {
