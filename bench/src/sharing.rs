@@ -171,9 +171,10 @@ async fn measure(ctx: &Ctx, rec: &mut Rec, s: &Setup, live: &mut Live) -> Res<()
     Ok(())
 }
 
-/// One round of `echo` calls, the three ways in turn (the order rotating per call):
-/// through mcp-proxy → mcp-host → the shared child, over HTTP straight to mcp-host, and
-/// over stdio to a private server. Timings end with the answer parsed, every answer checked.
+/// One round of `echo` calls, the three ways in turn: through mcp-proxy → mcp-host → the
+/// shared child, over HTTP straight to mcp-host, and over stdio to a private server; plus
+/// a `ping` over HTTP that mcp-host answers itself (the HTTP exchange without the child).
+/// The order rotates per call; timings end with the answer parsed, every answer checked.
 async fn calls_round(
     ctx: &Ctx,
     rec: &mut Rec,
@@ -184,22 +185,27 @@ async fn calls_round(
 ) -> Res<()> {
     let warmup = if ctx.s.quick { 10 } else { 50 };
     let n = ctx.s.proxy_calls;
-    let mut t: [Vec<u64>; 3] = [Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n)];
+    let mut t: [Vec<u64>; 4] = std::array::from_fn(|_| Vec::with_capacity(n));
     if live.proxies.is_empty() || live.direct.is_empty() {
         return Err("no session to call through".into());
     }
     for i in 0..warmup + n {
-        for k in 0..3 {
-            let which = (i + k) % 3;
+        for k in 0..4 {
+            let which = (i + k) % 4;
             *id += 1;
             let start = Instant::now();
             let answer = match which {
                 0 => live.proxies[0].call(echo(*id)).await?,
                 1 => http.call(&echo(*id)).await?,
-                _ => live.direct[0].call(echo(*id)).await?,
+                2 => live.direct[0].call(echo(*id)).await?,
+                _ => http.call(&json!({"jsonrpc": "2.0", "id": *id, "method": "ping"})).await?,
             };
             let ns = start.elapsed().as_nanos() as u64;
-            echo_ok(&answer)?;
+            if which == 3 {
+                answer.get("result").ok_or_else(|| format!("mcp-host answered ping with {answer}"))?;
+            } else {
+                echo_ok(&answer)?;
+            }
             if i >= warmup {
                 t[which].push(ns);
             }
@@ -212,10 +218,12 @@ async fn calls_round(
     let (via50, via99) = (p(&t[0], 50.0), p(&t[0], 99.0));
     let (http50, http99) = (p(&t[1], 50.0), p(&t[1], 99.0));
     let (dir50, dir99) = (p(&t[2], 50.0), p(&t[2], 99.0));
+    let (ping50, ping99) = (p(&t[3], 50.0), p(&t[3], 99.0));
     rec.push(json!({"kind": "sharing_calls", "round": round, "calls": n,
         "p50_via_ms": via50, "p99_via_ms": via99,
         "p50_host_http_ms": http50, "p99_host_http_ms": http99,
         "p50_direct_ms": dir50, "p99_direct_ms": dir99,
+        "p50_host_ping_ms": ping50, "p99_host_ping_ms": ping99,
         "added_p50_ms": via50 - dir50, "added_p99_ms": via99 - dir99}));
     eprintln!(
         "bench: sharing: round {round}: echo p50 via proxy→host {via50:.3} ms, HTTP to host {http50:.3} ms, \
@@ -414,7 +422,8 @@ pub fn report(lines: &[Value], info: &Info) -> Option<String> {
          seven that join at the start and {} more later, each closed again). Calls: `echo` {n_calls} times per \
          round, {rounds} round(s), each call made three ways in turn (through mcp-proxy → mcp-host → the shared \
          child; over HTTP straight to mcp-host with the bench's own session; over stdio to a private server, \
-         one of the direct ones), the order rotating per call; *added* = the proxy path's percentile − the \
+         one of the direct ones), and with them a `ping` over HTTP that mcp-host answers itself (what the HTTP \
+         exchange alone costs), the order rotating per call; *added* = the proxy path's percentile − the \
          private server's (p50 and p99 each), median (min–max) over rounds.\n",
         sys::EVERYTHING,
         sys::EVERYTHING_VERSION,
@@ -507,35 +516,50 @@ pub fn report(lines: &[Value], info: &Info) -> Option<String> {
     start_row("direct: spawn of its own server → first `tools/list`", vals("sharing_direct_start", "tools_list_ms"));
     let _ = writeln!(md);
 
-    let _ = writeln!(md, "| `echo` call | p50 (ms) | p99 (ms) |");
+    let _ = writeln!(md, "| call | p50 (ms) | p99 (ms) |");
     let _ = writeln!(md, "|---|---|---|");
     for (what, a, b) in [
-        ("over stdio to a private server (direct)", "p50_direct_ms", "p99_direct_ms"),
-        ("over HTTP straight to mcp-host (no proxy)", "p50_host_http_ms", "p99_host_http_ms"),
-        ("through mcp-proxy → mcp-host → the shared child", "p50_via_ms", "p99_via_ms"),
-        ("added by the host path (proxy path − direct)", "added_p50_ms", "added_p99_ms"),
+        ("`echo` over stdio to a private server (direct)", "p50_direct_ms", "p99_direct_ms"),
+        ("`echo` over HTTP straight to mcp-host (no proxy)", "p50_host_http_ms", "p99_host_http_ms"),
+        ("`echo` through mcp-proxy → mcp-host → the shared child", "p50_via_ms", "p99_via_ms"),
+        ("`ping` over HTTP, answered by mcp-host itself", "p50_host_ping_ms", "p99_host_ping_ms"),
+        ("**added by the host path** (proxy path − direct)", "added_p50_ms", "added_p99_ms"),
     ] {
         let _ = writeln!(md, "| {what} | {} | {} |", fmt_agg(calls(a)), fmt_agg(calls(b)));
     }
-    // Where the added time goes: the proxy's hop (stdio → HTTP) and the host's (HTTP → stdio).
-    let diff = |a: &str, b: &str| {
+    // Where the added time goes: the proxy's hop (stdio → HTTP) and the host's (HTTP →
+    // stdio), and of the host's, what an HTTP exchange alone costs.
+    let diff = |a: &str, b: &str, c: Option<&str>| {
         agg(lines
             .iter()
             .filter(|l| l["kind"] == "sharing_calls")
-            .filter_map(|l| Some(l[a].as_f64()? - l[b].as_f64()?))
+            .filter_map(|l| Some(l[a].as_f64()? - l[b].as_f64()? - c.map_or(Some(0.0), |c| l[c].as_f64())?))
             .collect())
     };
+    for (what, q) in [
+        (
+            "of it, mcp-proxy's hop (proxy path − HTTP to mcp-host)",
+            [("p50_via_ms", "p50_host_http_ms", None), ("p99_via_ms", "p99_host_http_ms", None)],
+        ),
+        (
+            "of it, mcp-host's hop (HTTP to mcp-host − direct)",
+            [("p50_host_http_ms", "p50_direct_ms", None), ("p99_host_http_ms", "p99_direct_ms", None)],
+        ),
+        (
+            "of that, beyond an HTTP exchange (mcp-host's hop − HTTP `ping`): relaying to the child and back",
+            [
+                ("p50_host_http_ms", "p50_direct_ms", Some("p50_host_ping_ms")),
+                ("p99_host_http_ms", "p99_direct_ms", Some("p99_host_ping_ms")),
+            ],
+        ),
+    ] {
+        let [(a50, b50, c50), (a99, b99, c99)] = q;
+        let _ = writeln!(md, "| {what} | {} | {} |", fmt_agg(diff(a50, b50, c50)), fmt_agg(diff(a99, b99, c99)));
+    }
     let _ = writeln!(
         md,
-        "| of it, mcp-proxy's hop (proxy path − HTTP to mcp-host) | {} | {} |",
-        fmt_agg(diff("p50_via_ms", "p50_host_http_ms")),
-        fmt_agg(diff("p99_via_ms", "p99_host_http_ms"))
-    );
-    let _ = writeln!(
-        md,
-        "| of it, mcp-host's hop (HTTP to mcp-host − direct) | {} | {} |",
-        fmt_agg(diff("p50_host_http_ms", "p50_direct_ms")),
-        fmt_agg(diff("p99_host_http_ms", "p99_direct_ms"))
+        "\nThe differences are of percentiles, each taken over its own calls (median over rounds): a p99 \
+         difference is the tails' difference, and on a busy machine it can come out negative."
     );
     let proxy_added = agg(lines
         .iter()
