@@ -527,39 +527,33 @@ pub fn report(lines: &[Value], info: &Info) -> Option<String> {
     ] {
         let _ = writeln!(md, "| {what} | {} | {} |", fmt_agg(calls(a)), fmt_agg(calls(b)));
     }
-    // Where the added time goes: the proxy's hop (stdio → HTTP) and the host's (HTTP →
-    // stdio), and of the host's, what an HTTP exchange alone costs.
-    let diff = |a: &str, b: &str, c: Option<&str>| {
+    // Where the added time goes: the proxy's hop (stdio → HTTP) and the host's (HTTP → stdio).
+    let diff = |a: &str, b: &str| {
         agg(lines
             .iter()
             .filter(|l| l["kind"] == "sharing_calls")
-            .filter_map(|l| Some(l[a].as_f64()? - l[b].as_f64()? - c.map_or(Some(0.0), |c| l[c].as_f64())?))
+            .filter_map(|l| Some(l[a].as_f64()? - l[b].as_f64()?))
             .collect())
     };
-    for (what, q) in [
+    for (what, (a50, b50), (a99, b99)) in [
         (
             "of it, mcp-proxy's hop (proxy path − HTTP to mcp-host)",
-            [("p50_via_ms", "p50_host_http_ms", None), ("p99_via_ms", "p99_host_http_ms", None)],
+            ("p50_via_ms", "p50_host_http_ms"),
+            ("p99_via_ms", "p99_host_http_ms"),
         ),
         (
             "of it, mcp-host's hop (HTTP to mcp-host − direct)",
-            [("p50_host_http_ms", "p50_direct_ms", None), ("p99_host_http_ms", "p99_direct_ms", None)],
-        ),
-        (
-            "of that, beyond an HTTP exchange (mcp-host's hop − HTTP `ping`): relaying to the child and back",
-            [
-                ("p50_host_http_ms", "p50_direct_ms", Some("p50_host_ping_ms")),
-                ("p99_host_http_ms", "p99_direct_ms", Some("p99_host_ping_ms")),
-            ],
+            ("p50_host_http_ms", "p50_direct_ms"),
+            ("p99_host_http_ms", "p99_direct_ms"),
         ),
     ] {
-        let [(a50, b50, c50), (a99, b99, c99)] = q;
-        let _ = writeln!(md, "| {what} | {} | {} |", fmt_agg(diff(a50, b50, c50)), fmt_agg(diff(a99, b99, c99)));
+        let _ = writeln!(md, "| {what} | {} | {} |", fmt_agg(diff(a50, b50)), fmt_agg(diff(a99, b99)));
     }
     let _ = writeln!(
         md,
         "\nThe differences are of percentiles, each taken over its own calls (median over rounds): a p99 \
-         difference is the tails' difference, and on a busy machine it can come out negative."
+         difference is the tails' difference, and on a busy machine it can come out negative. The HTTP `ping` \
+         is what one loopback HTTP exchange with mcp-host costs, for scale against the hops."
     );
     let proxy_added = agg(lines
         .iter()
