@@ -1,13 +1,16 @@
 //! `cargo run --release -p bench -- [--quick] [--out DIR]`: memory-server and mcp-proxy
 //! measured side by side with the Node originals (`@pepk/mcp-memory-sqlite` 1.1.1,
 //! `mcp-session-manager` 1.0.1) and a fixed-answer floor server, in one run on one
-//! machine. Writes `RESULTS.md`, `results.jsonl` and `ratios.svg` into the output directory.
+//! machine; and one stdio server (the official `server-everything`) shared by 8 sessions
+//! through `mcp-host`, against 8 copies of it. Writes `RESULTS.md`, `results.jsonl` and
+//! `ratios.svg` into the output directory.
 
 mod daemon;
 mod floor;
 mod load;
 mod proxy;
 mod report;
+mod sharing;
 mod soak;
 mod sys;
 
@@ -37,8 +40,9 @@ pub struct Args {
     #[arg(long)]
     pub warmup_ms: Option<u64>,
     /// Run only these parts, comma-separated: daemon workload names (open_nodes, search_nodes,
-    /// read_graph, ping, search_scaling, create_entities, add_observations), `proxy` and/or
-    /// `soak` (one daemon for --soak-secs under a mixed load over 500 projects).
+    /// read_graph, ping, search_scaling, create_entities, add_observations), `proxy`,
+    /// `sharing` (8 sessions of one stdio server through mcp-host against 8 copies of it)
+    /// and/or `soak` (one daemon for --soak-secs under a mixed load over 500 projects).
     /// For profiling one workload; the report then shows only what ran.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -72,6 +76,8 @@ pub struct Settings {
     pub cold_starts: usize,
     pub proxy_calls: usize,
     pub spawn_starts: usize,
+    /// Sessions that join the shared stdio server after the first 8 (each closed again).
+    pub sharing_joins: usize,
     /// `--only`: the parts to run (empty: all).
     pub only: Vec<String>,
     pub soak: soak::SoakSettings,
@@ -147,6 +153,7 @@ async fn run(args: Args) -> Result<(), String> {
         cold_starts: if quick { 2 } else { 20 },
         proxy_calls: if quick { 50 } else { 1_000 },
         spawn_starts: if quick { 1 } else { 10 },
+        sharing_joins: if quick { 3 } else { 24 },
         only: args.only,
         soak: soak::SoakSettings::new(quick, args.soak_secs),
     };
@@ -164,7 +171,12 @@ async fn run(args: Args) -> Result<(), String> {
     let load_start = sys::loadavg();
     eprintln!("bench: building the release binaries");
     sys::build_release(&root)?;
-    let npm = sys::ensure_node_originals(&root)?;
+    // Only the daemon workloads and the proxies run the Node originals.
+    let npm = if daemon::WORKLOADS.iter().any(|w| s.runs(w)) || s.runs("proxy") {
+        sys::ensure_node_originals(&root)?
+    } else {
+        root.join("target").join("bench-npm")
+    };
     let scratch = root.join("target").join("bench-scratch").join(std::process::id().to_string());
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
@@ -193,6 +205,9 @@ async fn run(args: Args) -> Result<(), String> {
         if ctx.s.runs("proxy") {
             proxy::run(&ctx, &mut rec).await?;
         }
+        if ctx.s.runs("sharing") {
+            sharing::run(&ctx, &mut rec).await?;
+        }
         if ctx.s.runs("soak") {
             soak::run(&ctx, &mut rec, &ctx.s.soak).await?;
         }
@@ -216,12 +231,17 @@ async fn run(args: Args) -> Result<(), String> {
             (sys::PEPK, sys::PEPK_VERSION.to_owned()),
             ("@modelcontextprotocol/sdk", sys::SDK_VERSION.to_owned()),
             (sys::MSM, sys::MSM_VERSION.to_owned()),
+            (sys::EVERYTHING, sys::EVERYTHING_VERSION.to_owned()),
         ],
         quick,
     };
     let jsonl: String = rec.lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(out.join("results.jsonl"), jsonl).map_err(|e| e.to_string())?;
     let (mut md, svg) = report::render(&info, &ctx.s, &rec.lines);
+    if let Some(section) = sharing::report(&rec.lines, &info) {
+        md.push('\n');
+        md.push_str(&section);
+    }
     if let Some((section, chart)) = soak::report(&rec.lines, quick) {
         md.push('\n');
         md.push_str(&section);

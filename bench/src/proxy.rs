@@ -17,35 +17,40 @@ use crate::{Ctx, Rec};
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A stdio MCP server (here: a proxy) we started, talked to line by line.
-struct StdioProc {
+/// A stdio MCP server (a proxy, or a stdio server itself) we started, talked to line by line.
+pub(crate) struct StdioProc {
     child: Child,
-    pid: u32,
+    pub pid: u32,
+    /// The program, for messages.
+    name: String,
     stdin: Option<ChildStdin>,
     out: Lines<BufReader<ChildStdout>>,
 }
 
 impl StdioProc {
-    fn spawn(mut cmd: Command, log: &Path) -> Res<StdioProc> {
+    pub fn spawn(mut cmd: Command, log: &Path) -> Res<StdioProc> {
         let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::from(log)).kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start proxy: {e}"))?;
+        let name = Path::new(cmd.as_std().get_program())
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {name}: {e}"))?;
         let pid = child.id().ok_or("no pid")?;
         let stdin = child.stdin.take();
         let out = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        Ok(StdioProc { child, pid, stdin, out })
+        Ok(StdioProc { child, pid, name, stdin, out })
     }
 
-    async fn send(&mut self, msg: &Value) -> Res<()> {
+    pub async fn send(&mut self, msg: &Value) -> Res<()> {
         let stdin = self.stdin.as_mut().ok_or("stdin closed")?;
         let mut line = msg.to_string();
         line.push('\n');
-        stdin.write_all(line.as_bytes()).await.map_err(|e| format!("proxy stdin: {e}"))?;
+        stdin.write_all(line.as_bytes()).await.map_err(|e| format!("{} stdin: {e}", self.name))?;
         stdin.flush().await.map_err(|e| e.to_string())
     }
 
     /// Reads lines until the answer to `id`.
-    async fn recv(&mut self, id: u64) -> Res<Value> {
+    pub async fn recv(&mut self, id: u64) -> Res<Value> {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         for _ in 0..10_000 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -53,11 +58,11 @@ impl StdioProc {
                 .await
                 .map_err(|_| format!("no answer to id {id} within {ANSWER_TIMEOUT:?}"))?
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("proxy closed stdout before answering id {id}"))?;
+                .ok_or_else(|| format!("{} closed stdout before answering id {id}", self.name))?;
             let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
             if v["id"] == json!(id) {
                 if v.get("error").is_some() {
-                    return Err(format!("proxy answered an error: {line}"));
+                    return Err(format!("{} answered an error: {line}", self.name));
                 }
                 return Ok(v);
             }
@@ -65,14 +70,14 @@ impl StdioProc {
         Err("too many lines without the answer".into())
     }
 
-    async fn call(&mut self, msg: Value) -> Res<Value> {
+    pub async fn call(&mut self, msg: Value) -> Res<Value> {
         let id = msg["id"].as_u64().ok_or("no id")?;
         self.send(&msg).await?;
         self.recv(id).await
     }
 
     /// Closes stdin, waits a little for the exit, then kills.
-    async fn close(mut self) {
+    pub async fn close(mut self) {
         self.stdin.take();
         if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
             let _ = self.child.start_kill();
@@ -81,17 +86,17 @@ impl StdioProc {
     }
 }
 
-fn initialize(id: u64) -> Value {
+pub(crate) fn initialize(id: u64) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "bench", "version": "0"}}})
 }
 
-fn initialized() -> Value {
+pub(crate) fn initialized() -> Value {
     json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
 }
 
-fn tools_list(id: u64) -> Value {
+pub(crate) fn tools_list(id: u64) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"})
 }
 
@@ -157,7 +162,7 @@ fn proxy_cmd(ctx: &Ctx, env: &Env, which: Which, k: usize) -> Res<Command> {
 }
 
 /// Spawn → `initialize` answer → first `tools/list` answer, in ms.
-async fn cold_start(cmd: Command, log: &Path) -> Res<(f64, f64, StdioProc)> {
+pub(crate) async fn cold_start(cmd: Command, log: &Path) -> Res<(f64, f64, StdioProc)> {
     let t0 = Instant::now();
     let mut p = StdioProc::spawn(cmd, log)?;
     p.call(initialize(1)).await?;

@@ -19,13 +19,13 @@ pub struct Info {
 }
 
 #[derive(Clone, Copy)]
-struct Agg {
-    med: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Agg {
+    pub med: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
-fn agg(mut v: Vec<f64>) -> Option<Agg> {
+pub(crate) fn agg(mut v: Vec<f64>) -> Option<Agg> {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
         return None;
@@ -85,7 +85,7 @@ impl Data<'_> {
     }
 }
 
-fn fmt_num(x: f64) -> String {
+pub(crate) fn fmt_num(x: f64) -> String {
     if !x.is_finite() {
         "–".into()
     } else if x >= 100.0 {
@@ -99,7 +99,7 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-fn fmt_agg(a: Option<Agg>) -> String {
+pub(crate) fn fmt_agg(a: Option<Agg>) -> String {
     match a {
         Some(a) if a.min != a.max => format!("{} ({}–{})", fmt_num(a.med), fmt_num(a.min), fmt_num(a.max)),
         Some(a) => fmt_num(a.med),
@@ -111,7 +111,7 @@ fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("{}x", fmt_num(r)))
 }
 
-fn mib(kib: Option<f64>) -> String {
+pub(crate) fn mib(kib: Option<f64>) -> String {
     kib.map_or("–".into(), |k| format!("{:.1} MiB", k / 1024.0))
 }
 

@@ -122,12 +122,12 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Builds the release binaries of memory-server and mcp-proxy (a no-op when fresh).
+/// Builds the release binaries of memory-server, mcp-proxy and mcp-host (a no-op when fresh).
 pub fn build_release(root: &Path) -> Res<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(root)
-        .args(["build", "--release", "-p", "memory-server", "-p", "proxy", "--bins"])
+        .args(["build", "--release", "-p", "memory-server", "-p", "proxy", "-p", "host", "--bins"])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
@@ -157,25 +157,119 @@ pub fn ensure_node_originals(root: &Path) -> Res<PathBuf> {
     if ok(&dir) && dir.join("node_modules/better-sqlite3/build/Release/better_sqlite3.node").exists() {
         return Ok(dir);
     }
-    if !Path::new(NODE).exists() {
-        return Err(format!("{NODE} is missing (the Node originals run on the system node)"));
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let pkg = serde_json::json!({
         "name": "bench-originals", "private": true, "version": "0.0.0",
         "dependencies": { PEPK: PEPK_VERSION, "@modelcontextprotocol/sdk": SDK_VERSION, MSM: MSM_VERSION },
         "overrides": { "@modelcontextprotocol/sdk": SDK_VERSION },
     });
-    std::fs::write(dir.join("package.json"), serde_json::to_string_pretty(&pkg).unwrap_or_default())
-        .map_err(|e| e.to_string())?;
-    eprintln!("bench: installing the Node originals into {}", dir.display());
-    let status = std::process::Command::new("timeout")
-        .args(["900", "npm", "install", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .status()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    if !status.success() || !ok(&dir) {
-        return Err(format!("npm install in {} failed ({status})", dir.display()));
+    npm_install(&dir, &pkg, "the Node originals")?;
+    if !ok(&dir) {
+        return Err(format!("npm install in {} did not install the pinned versions", dir.display()));
     }
     Ok(dir)
+}
+
+pub const EVERYTHING: &str = "@modelcontextprotocol/server-everything";
+pub const EVERYTHING_VERSION: &str = "2026.8.31";
+
+/// Installs the pinned official `server-everything` under `target/bench-npm-everything`
+/// unless it is there, and returns its entry point (`dist/index.js`). A directory of its
+/// own: it needs a newer `@modelcontextprotocol/sdk` than the 1.24.0 the originals are
+/// pinned to.
+pub fn ensure_everything(root: &Path) -> Res<PathBuf> {
+    let dir = root.join("target").join("bench-npm-everything");
+    let entry = dir.join("node_modules").join(EVERYTHING).join("dist").join("index.js");
+    let ok = |d: &Path| installed_version(d, EVERYTHING).as_deref() == Some(EVERYTHING_VERSION) && entry.exists();
+    if ok(&dir) {
+        return Ok(entry);
+    }
+    let pkg = serde_json::json!({
+        "name": "bench-everything", "private": true, "version": "0.0.0",
+        "dependencies": { EVERYTHING: EVERYTHING_VERSION },
+    });
+    npm_install(&dir, &pkg, EVERYTHING)?;
+    if !ok(&dir) {
+        return Err(format!("npm install in {} did not install {EVERYTHING} {EVERYTHING_VERSION}", dir.display()));
+    }
+    Ok(entry)
+}
+
+/// `npm install` of `package_json` in `dir` (bounded to 15 minutes).
+fn npm_install(dir: &Path, package_json: &serde_json::Value, what: &str) -> Res<()> {
+    if !Path::new(NODE).exists() {
+        return Err(format!("{NODE} is missing (the Node servers run on the system node)"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("package.json"), serde_json::to_string_pretty(package_json).unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    eprintln!("bench: installing {what} into {}", dir.display());
+    let status = std::process::Command::new("timeout")
+        .args(["900", "npm", "install", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    if !status.success() {
+        return Err(format!("npm install in {} failed ({status})", dir.display()));
+    }
+    Ok(())
+}
+
+/// One process as `/proc` shows it.
+#[derive(Clone, Copy)]
+pub struct ProcEntry {
+    pub ppid: u32,
+    pub pgid: u32,
+    /// A zombie: exited, not yet reaped (no memory left).
+    pub zombie: bool,
+}
+
+/// Every process on the machine, by pid, at one moment.
+pub fn proc_table() -> std::collections::HashMap<u32, ProcEntry> {
+    let mut table = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return table };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the command's closing parenthesis: state, ppid, pgrp, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok());
+        if let (Some(state), Some(ppid), Some(pgid)) = (f.first(), num(1), num(2)) {
+            table.insert(pid, ProcEntry { ppid, pgid, zombie: *state == "Z" || *state == "X" });
+        }
+    }
+    table
+}
+
+/// The live processes of `roots` and all their descendants, plus every member of a
+/// process group led by one of them (what a child started in its own group may have
+/// left behind when its parent went).
+pub fn process_tree(table: &std::collections::HashMap<u32, ProcEntry>, roots: &[u32]) -> Vec<u32> {
+    let mut set: std::collections::BTreeSet<u32> = roots.iter().copied().filter(|p| table.contains_key(p)).collect();
+    // Descendants: grow until nothing is added (bounded by the table's size).
+    for _ in 0..table.len() {
+        let before = set.len();
+        let more: Vec<u32> = table.iter().filter(|(_, e)| set.contains(&e.ppid)).map(|(p, _)| *p).collect();
+        set.extend(more);
+        if set.len() == before {
+            break;
+        }
+    }
+    let leaders = set.clone();
+    set.extend(table.iter().filter(|(_, e)| leaders.contains(&e.pgid)).map(|(p, _)| *p));
+    set.into_iter().filter(|p| table.get(p).is_some_and(|e| !e.zombie)).collect()
+}
+
+/// `Pss` of a process (its share of every page it maps), in KiB.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines().find(|l| l.starts_with("Pss:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+}
+
+/// Whether `pid` still runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st != "Z" && st != "X")))
+        .unwrap_or(false)
 }
