@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread: the host only relays bytes between sockets and pipes, and every hop of
+    // a call (handler → child's stdin, child's stdout → handler) is a task wake-up that
+    // costs least on the thread that is already running.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             log(&args.target, &format!("cannot start the runtime: {e}"));
