@@ -46,9 +46,10 @@
     return el('time', { datetime: ms == null ? null : new Date(ms).toISOString(), title: ms == null ? null : new Date(ms).toLocaleString(), 'data-ms': ms }, ago(ms));
   }
 
-  // What the test run reads back: when the first list was on screen, and how long each
-  // search keystroke took to answer (from the input event to the rendered list).
-  const timings = (window.__memoryUi = { firstList: null, keystrokes: [] });
+  // What the test run reads back: when the first list and the first summary were on
+  // screen (ms since navigation), and how long each search keystroke took to answer
+  // (from the input event to the rendered list).
+  const timings = (window.__memoryUi = { firstList: null, firstSummary: null, keystrokes: [] });
 
   // ---------------------------------------------------------------- the daemon's API
 
@@ -260,6 +261,7 @@
         el('span', {}, `${number(p.counts.relations)} relations`),
         el('span', {}, `${number(p.counts.observations)} observations`),
         el('span', {}, 'last write ', when(p.lastWrite)));
+      if (timings.firstSummary == null) timings.firstSummary = performance.now();
     };
 
     // ---- the list: one request at a time per query; an older answer never overwrites

@@ -11,7 +11,7 @@
 
 (() => {
   const SVG = 'http://www.w3.org/2000/svg';
-  const LINK_DISTANCE = 70;
+  const LINK_DISTANCE = 90;
   const CHARGE = -260;
   const CENTRE_PULL = 0.04;
   const VELOCITY_DECAY = 0.6;
@@ -204,7 +204,7 @@
         x0 = Math.min(x0, n.x); y0 = Math.min(y0, n.y); x1 = Math.max(x1, n.x + 90); y1 = Math.max(y1, n.y);
       }
       if (!Number.isFinite(x0)) return;
-      const k = Math.min(1.6, (this.width - 40) / Math.max(1, x1 - x0), (this.height - 40) / Math.max(1, y1 - y0));
+      const k = Math.min(1.15, (this.width - 40) / Math.max(1, x1 - x0), (this.height - 40) / Math.max(1, y1 - y0));
       this.view = { k, x: -((x0 + x1) / 2) * k, y: -((y0 + y1) / 2) * k };
     }
 
