@@ -46,8 +46,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
 /// Entities on one page of the list, by default and at most.
 const PAGE: usize = 50;
 const MAX_PAGE: usize = 200;
-/// Relations of each direction listed on an entity's page at most.
-const MAX_LINKS: usize = 200;
+/// Observations, and relations of each direction, listed on an entity's page at most.
+const MAX_ITEMS: usize = 500;
 /// Nodes drawn at most in a neighbourhood graph.
 pub const MAX_GRAPH_NODES: usize = 300;
 /// A search text longer than this is refused (a person types far less).
@@ -63,7 +63,6 @@ pub fn routes() -> AxumRouter<AppState> {
         .route("/ui/", get(index))
         .route("/ui/assets/{name}", get(asset))
         .route("/ui/login", post(login))
-        .route("/ui/logout", post(logout))
         .route("/ui/api/projects", get(projects))
         .route("/ui/api/projects/events", get(projects_events))
         .route("/ui/api/project", get(project))
@@ -93,8 +92,8 @@ async fn security_headers(req: Request, next: Next) -> Response {
 // ---------------------------------------------------------------------------------------
 
 /// Whether a request without the bearer token is let through to `/ui` anyway: the page,
-/// its assets, and logging in and out carry no user data and are how the token is asked
-/// for; everything else under `/ui` needs the login cookie.
+/// its assets and the login carry no user data and are how the token is asked for;
+/// everything else under `/ui` needs the login cookie.
 pub(super) fn admits_without_bearer(req: &Request, token: &str, port: u16) -> bool {
     let path = req.uri().path();
     if !(path == "/ui" || path.starts_with("/ui/")) {
@@ -102,7 +101,7 @@ pub(super) fn admits_without_bearer(req: &Request, token: &str, port: u16) -> bo
     }
     let open = match *req.method() {
         Method::GET | Method::HEAD => path == "/ui" || path == "/ui/" || path.starts_with("/ui/assets/"),
-        Method::POST => path == "/ui/login" || path == "/ui/logout",
+        Method::POST => path == "/ui/login",
         _ => false,
     };
     open || cookie_matches(req.headers(), token, port)
@@ -155,12 +154,6 @@ async fn login(State(st): State<AppState>, body: Bytes) -> Response {
         cookie_name(st.config.addr.port()),
         cookie_value(token)
     );
-    set_cookie(StatusCode::NO_CONTENT, &cookie)
-}
-
-/// `POST /ui/logout`: the cookie is dropped.
-async fn logout(State(st): State<AppState>) -> Response {
-    let cookie = format!("{}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0", cookie_name(st.config.addr.port()));
     set_cookie(StatusCode::NO_CONTENT, &cookie)
 }
 
@@ -439,7 +432,7 @@ async fn entity(State(st): State<AppState>, Query(params): Params) -> Result<Res
     let name = required(&params, "name")?.to_owned();
     let store = store(&st, &target).await?;
     let wanted = name.clone();
-    let found = read(store, move |s| s.read(|c| browse::entity(c, &wanted, MAX_LINKS))).await?;
+    let found = read(store, move |s| s.read(|c| browse::entity(c, &wanted, MAX_ITEMS))).await?;
     Ok(axum::Json(found.ok_or(UiError::NoEntity(name))?).into_response())
 }
 

@@ -388,8 +388,9 @@ pub struct Link {
 pub struct EntityDetail {
     pub name: String,
     pub entity_type: String,
-    /// In the order they were written.
+    /// In the order they were written, at most the limit asked for.
     pub observations: Vec<String>,
+    pub observations_total: u64,
     /// Relations from this entity, oldest first, at most the limit asked for.
     pub outgoing: Vec<Link>,
     pub outgoing_total: u64,
@@ -398,17 +399,23 @@ pub struct EntityDetail {
     pub incoming_total: u64,
 }
 
-/// The entity named `name` (`None` when there is none): its type, its observations in
-/// written order, and its outgoing and incoming relations, at most `max_links` of each
-/// (with their totals). Six statements.
-pub fn entity(conn: &Connection, name: &str, max_links: usize) -> Result<Option<EntityDetail>, GraphError> {
-    let mut ty = conn.prepare_cached("SELECT entity_type FROM entities WHERE name = ?1")?;
-    let Some(entity_type) = ty.query_row([name], |r| r.get::<_, String>(0)).optional()? else {
+/// The entity named `name` (`None` when there is none): its type, its first `max_items`
+/// observations in written order, and its first `max_items` outgoing and incoming
+/// relations, with the totals of each (an agent's journal entity may hold thousands).
+/// Six statements.
+pub fn entity(conn: &Connection, name: &str, max_items: usize) -> Result<Option<EntityDetail>, GraphError> {
+    let mut ty = conn.prepare_cached(
+        "SELECT entity_type, (SELECT count(*) FROM observations WHERE entity_name = ?1) FROM entities WHERE name = ?1",
+    )?;
+    let Some((entity_type, observations_total)) =
+        ty.query_row([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).optional()?
+    else {
         return Ok(None);
     };
-    let mut obs = conn.prepare_cached("SELECT content FROM observations WHERE entity_name = ?1 ORDER BY id")?;
-    let observations = obs.query([name])?.mapped(|r| r.get(0)).collect::<Result<_, _>>()?;
-    let max = max_links as i64;
+    let max = max_items as i64;
+    let mut obs =
+        conn.prepare_cached("SELECT content FROM observations WHERE entity_name = ?1 ORDER BY id LIMIT ?2")?;
+    let observations = obs.query(params![name, max])?.mapped(|r| r.get(0)).collect::<Result<_, _>>()?;
     let mut out = conn.prepare_cached(
         "SELECT r.to_entity, r.relation_type, EXISTS (SELECT 1 FROM entities WHERE name = r.to_entity)
            FROM relations r WHERE r.from_entity = ?1 ORDER BY r.id LIMIT ?2",
@@ -428,6 +435,7 @@ pub fn entity(conn: &Connection, name: &str, max_links: usize) -> Result<Option<
         name: name.to_owned(),
         entity_type,
         observations,
+        observations_total: observations_total as u64,
         outgoing,
         outgoing_total: outgoing_total as u64,
         incoming,

@@ -286,8 +286,8 @@
         throw e;
       }
       if (abort.signal.aborted) return;
-      if (page.offset != null) offset = page.offset;
-      else if (state.after == null && state.before == null && !state.at) offset = 0;
+      offset = placeOf(page, q);
+      shownPage = { key: placeKey(q), offset, first: page.items[0]?.cursor, last: page.items[page.items.length - 1]?.cursor, length: page.items.length };
       rows.replaceChildren(...page.items.map((item) => el('tr', { 'data-name': item.name, class: item.name === state.entity ? 'selected' : null },
         el('td', {}, el('a', { href: link({ ...state, entity: item.name }) }, item.name)),
         el('td', {}, el('span', { class: 'type' }, item.entityType)),
@@ -304,13 +304,33 @@
       if (typedAt != null) timings.keystrokes.push({ q, ms: performance.now() - typedAt, total: page.total, atLeast: page.atLeast });
     };
 
+    // Where a page starts in the whole list: the server says when it knows; a search's
+    // page found by walking from a cursor is placed after (or before) the page on screen
+    // it was reached from.
+    let shownPage = null;
+    const placeKey = (q) => JSON.stringify([q, state.after, state.before, state.at]);
+    function placeOf(page, q) {
+      if (page.offset != null) return page.offset;
+      if (state.after == null && state.before == null && state.at == null) return 0;
+      if (!shownPage || shownPage.offset == null) return null;
+      if (shownPage.key === placeKey(q)) return shownPage.offset; // the same page, refreshed
+      if (state.after != null && String(shownPage.last) === String(state.after)) return shownPage.offset + shownPage.length;
+      if (state.before != null && String(shownPage.first) === String(state.before)) {
+        return shownPage.offset >= page.items.length ? shownPage.offset - page.items.length : null;
+      }
+      return null;
+    }
+
     function describe(page, q) {
       const what = q ? 'matches' : 'entities';
       if (page.items.length === 0) return q ? 'No entity matches.' : 'No entities yet.';
-      const from = offset != null ? `${number(offset + 1)}–${number(offset + page.items.length)} of ` : `${number(page.items.length)} shown of `;
+      if (offset == null) return `${number(page.items.length)} ${what} shown; there are more`;
+      const from = `${number(offset + 1)}–${number(offset + page.items.length)} of `;
       if (page.total != null) return `${from}${number(page.total)} ${what}`;
-      const atLeast = offset != null ? offset + page.atLeast : page.atLeast;
-      return `${from}more than ${number(atLeast - 1)} ${what}`;
+      // Not counted: a walk forwards says how many it saw from this page on.
+      const forwards = state.before == null && state.at !== 'last';
+      if (forwards) return `${from}more than ${number(offset + page.atLeast - 1)} ${what}`;
+      return `${number(offset + 1)}–${number(offset + page.items.length)} of the ${what}${page.hasAfter ? ' (more follow)' : ''}`;
     }
 
     function pageLink(label, enabled, change) {
@@ -347,8 +367,9 @@
       detail.replaceChildren(
         el('h2', { id: 'entity-name' }, e.name),
         el('p', {}, el('span', { class: 'type' }, e.entityType)),
-        el('h3', {}, `Observations (${number(e.observations.length)})`),
+        el('h3', {}, `Observations (${number(e.observationsTotal)})`),
         e.observations.length ? el('ol', { id: 'observations' }, e.observations.map((o) => el('li', {}, o))) : el('p', { class: 'muted' }, 'None.'),
+        e.observationsTotal > e.observations.length ? el('p', { class: 'muted' }, `and ${number(e.observationsTotal - e.observations.length)} more`) : null,
         el('div', { class: 'relations' },
           el('div', {}, el('h3', {}, `Outgoing (${number(e.outgoingTotal)})`), el('ul', { id: 'outgoing' }, e.outgoing.map((l) => relation(l, true)), more(e.outgoing.length, e.outgoingTotal))),
           el('div', {}, el('h3', {}, `Incoming (${number(e.incomingTotal)})`), el('ul', { id: 'incoming' }, e.incoming.map((l) => relation(l, false)), more(e.incoming.length, e.incomingTotal)))),

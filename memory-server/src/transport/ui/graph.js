@@ -137,15 +137,22 @@
       this.render();
     }
 
+    // Runs the layout until it comes to rest; `data-settled` on the SVG says when it has
+    // (the browser test clicks nodes only then).
     reheat(alpha) {
       this.alpha = Math.max(this.alpha, alpha);
+      this.svg.dataset.settled = 'false';
       if (this.running) return;
       this.running = true;
       const frame = () => {
         for (let i = 0; i < TICKS_PER_FRAME && this.alpha >= ALPHA_MIN; i++) this.tick();
         this.render();
-        if (this.alpha >= ALPHA_MIN) requestAnimationFrame(frame);
-        else this.running = false;
+        if (this.alpha >= ALPHA_MIN) {
+          requestAnimationFrame(frame);
+        } else {
+          this.running = false;
+          this.svg.dataset.settled = 'true';
+        }
       };
       requestAnimationFrame(frame);
     }

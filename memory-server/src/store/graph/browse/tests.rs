@@ -142,7 +142,12 @@ fn an_entity_with_its_observations_and_relations() {
     let relations = vec![relation("hub", "a"), relation("hub", "ghost"), relation("hub", "b"), relation("b", "hub")];
     let (_dir, store) = store_with(entities, relations);
     let hub = store.read(|c| entity(c, "hub", 2)).unwrap().unwrap();
-    assert_eq!(hub.observations, ["first", "second"]);
+    assert_eq!(
+        (hub.observations.as_slice(), hub.observations_total),
+        (&["first".to_owned(), "second".to_owned()][..], 2)
+    );
+    let first = store.read(|c| entity(c, "hub", 1)).unwrap().unwrap();
+    assert_eq!((first.observations, first.observations_total), (vec!["first".to_owned()], 2));
     let out: Vec<(&str, bool)> = hub.outgoing.iter().map(|l| (l.other.as_str(), l.exists)).collect();
     assert_eq!(out, [("a", true), ("ghost", false)]);
     assert_eq!((hub.outgoing_total, hub.incoming_total), (3, 1));
