@@ -402,7 +402,7 @@ pub struct EntityDetail {
 /// The entity named `name` (`None` when there is none): its type, its first `max_items`
 /// observations in written order, and its first `max_items` outgoing and incoming
 /// relations, with the totals of each (an agent's journal entity may hold thousands).
-/// Six statements.
+/// Five statements.
 pub fn entity(conn: &Connection, name: &str, max_items: usize) -> Result<Option<EntityDetail>, GraphError> {
     let mut ty = conn.prepare_cached(
         "SELECT entity_type, (SELECT count(*) FROM observations WHERE entity_name = ?1) FROM entities WHERE name = ?1",
