@@ -155,6 +155,9 @@ pub struct DaemonConfig {
     pub keep_alive: Duration,
     pub max_connections: usize,
     pub global_db: PathBuf,
+    /// The global runtime directory (SPEC 5), where the graph browser's projects list
+    /// is kept; `None` when neither `MCP_SESSION_MANAGER_HOME` nor `HOME` names one.
+    pub runtime_dir: Option<PathBuf>,
     pub stores: StoreLimits,
     pub max_batch: usize,
     pub max_streams: usize,
@@ -200,6 +203,7 @@ impl DaemonConfig {
             keep_alive: Duration::from_millis(args.keep_alive_ms),
             max_connections: args.max_connections,
             global_db: global_db_path()?,
+            runtime_dir: runtime_dir(),
             stores: StoreLimits {
                 max_open: usize::try_from(args.max_open_stores).unwrap_or(usize::MAX),
                 idle: Duration::from_secs(args.store_idle_secs),
@@ -223,6 +227,16 @@ pub fn global_db_path() -> Result<PathBuf, ConfigError> {
     }
     let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or(ConfigError::NoHome)?;
     Ok(PathBuf::from(home).join(".claude").join("memory.db"))
+}
+
+/// `MCP_SESSION_MANAGER_HOME`, else `~/.mcp-session-manager` (the runtime directory
+/// mcp-proxy and mcp-manager use; nothing is created here).
+pub fn runtime_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MCP_SESSION_MANAGER_HOME").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".mcp-session-manager"))
 }
 
 #[cfg(test)]

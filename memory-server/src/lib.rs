@@ -10,6 +10,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod project;
+mod projects;
 mod protocol;
 pub mod routing;
 mod scope;

@@ -12,6 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
 use crate::project::ProjectPath;
+use crate::projects::ProjectsList;
 use crate::scope::current_project;
 use crate::store::registry::{StoreLimits, StoreRegistry};
 use crate::store::{DbFile, Store, StoreError, effective_uid};
@@ -47,13 +48,28 @@ pub struct Router {
     /// `<directory of the global database>/projects-memory`, canonical where it exists
     /// (kept databases are opened without following links).
     kept_dir: PathBuf,
+    /// The projects served, for the graph browser (the daemon's; none in stdio mode).
+    projects: Option<Arc<ProjectsList>>,
 }
 
 impl Router {
     pub fn new(global_db: PathBuf, limits: StoreLimits) -> Self {
         let data_dir = global_db.parent().map(Path::to_owned).unwrap_or_default();
         let kept_dir = canonical_prefix(&data_dir.join(PROJECTS_MEMORY_DIR));
-        Self { stores: StoreRegistry::new(limits), global: DbFile::configured(global_db), kept_dir }
+        Self { stores: StoreRegistry::new(limits), global: DbFile::configured(global_db), kept_dir, projects: None }
+    }
+
+    /// A router that notes every project it serves, and every change its stores
+    /// announce, in `projects` (the daemon's, for the graph browser).
+    pub fn with_projects(global_db: PathBuf, limits: StoreLimits, projects: Arc<ProjectsList>) -> Self {
+        let noted = projects.clone();
+        let stores = StoreRegistry::with_change_hook(limits, Arc::new(move |db: &Path| noted.note_write(db)));
+        Self { stores, projects: Some(projects), ..Self::new(global_db, limits) }
+    }
+
+    /// The projects served, when this router keeps them.
+    pub fn projects(&self) -> Option<&Arc<ProjectsList>> {
+        self.projects.as_ref()
     }
 
     pub fn global_db(&self) -> &Path {
@@ -74,6 +90,14 @@ impl Router {
         let Some(project) = project else {
             return self.stores.get(&self.global).await;
         };
+        let store = self.project_store(project).await?;
+        if let Some(projects) = &self.projects {
+            projects.note_served(project.as_path(), store.path());
+        }
+        Ok(store)
+    }
+
+    async fn project_store(&self, project: &ProjectPath) -> Result<Arc<Store>, StoreError> {
         match self.placement(project) {
             Placement::Kept(file) => self.stores.get(&file).await,
             Placement::InProject(file) => match self.stores.get(&file).await {
@@ -92,9 +116,20 @@ impl Router {
     /// Receives the change notices of the current request's project, whether or not
     /// its store is open (they survive the store being closed and reopened).
     pub fn subscribe_current(&self) -> tokio::sync::broadcast::Receiver<()> {
-        match current_project() {
-            Some(project) => self.stores.subscribe(self.placement(&project).file()),
-            None => self.stores.subscribe(&self.global),
+        self.subscribe(current_project().as_ref())
+    }
+
+    /// Receives the change notices of `project` (or the global database), whether or
+    /// not its store is open.
+    pub fn subscribe(&self, project: Option<&ProjectPath>) -> tokio::sync::broadcast::Receiver<()> {
+        self.stores.subscribe(&self.file_for(project))
+    }
+
+    /// Where the memory of `project` (or the global one) lives; nothing is created.
+    pub fn file_for(&self, project: Option<&ProjectPath>) -> DbFile {
+        match project {
+            Some(project) => self.placement(project).file().clone(),
+            None => self.global.clone(),
         }
     }
 

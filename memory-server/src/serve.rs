@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
+use crate::projects::ProjectsList;
 use crate::routing::Router;
 use crate::transport::http::{AppState, app};
 use crate::transport::listener::{ConnectionListener, Peer};
@@ -63,8 +64,10 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
     let listener = ConnectionListener::new(listener, config.max_connections, config.same_user_only())
         .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
 
-    let router = Router::new(config.global_db.clone(), config.stores);
+    let projects = Arc::new(ProjectsList::load(config.runtime_dir.as_deref(), &config.global_db));
+    let router = Router::with_projects(config.global_db.clone(), config.stores, projects.clone());
     let server = Arc::new(McpServer::new(router, config.session_idle));
+    let saver = tokio::spawn(projects.clone().keep_saved(server.shutdown.clone()));
     let sweepers = [
         every(server.sessions.sweep_interval(), {
             let server = server.clone();
@@ -76,6 +79,7 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
         }),
     ];
     tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on http://{}/mcp", config.addr);
+    tracing::info!("graph browser: http://{}/ui", config.addr);
     if config.same_user_only() {
         let uid = loopback_guard::peer::own_uid();
         tracing::info!("no --token: serving only uid {uid}, the user this daemon runs as");
@@ -112,6 +116,9 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
     // Every store's background work is joined before its final index update and
     // checkpoint, so nothing writes to a file after it was folded back.
     server.router.registry().close_all().await;
+    // The shutdown token ended the saving loop; the last writes' times are saved here.
+    let _ = saver.await;
+    let _ = tokio::task::spawn_blocking(move || projects.save_logged()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Open event streams (a session's `GET /mcp` stream and `subscriptions/listen` streams)
-//! counted in one place, so that `--max-streams` bounds them together (SPEC 2.10). An open
+//! Open event streams (a session's `GET /mcp` stream, `subscriptions/listen` streams and
+//! the graph browser's change streams) counted in one place, so that `--max-streams` bounds them together (SPEC 2.10). An open
 //! stream holds a [`StreamPermit`]; the stream's end, however it comes (the client goes
 //! away, the session is deleted, the daemon shuts down), drops it and frees the place.
 
@@ -12,6 +12,8 @@ pub enum StreamKind {
     Session,
     /// A `subscriptions/listen` stream (2026-07-28).
     Listen,
+    /// A graph browser page's stream of changes (`/ui/api/.../events`).
+    Browser,
 }
 
 /// The open event streams of one server.

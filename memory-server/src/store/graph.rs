@@ -9,6 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::model::{AddedObservations, Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation};
 
+pub mod browse;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     /// The official server's wording, which clients may match on.
@@ -20,6 +22,36 @@ pub enum GraphError {
 
 /// Queries shorter than this many characters cannot be answered by a trigram index.
 const TRIGRAM: usize = 3;
+
+/// The names of the entities a non-empty lower-cased needle matches, found through the
+/// trigram indexes: `?1` and `?3` are the MATCH expressions for the entity and the
+/// observation index (see [`selective_phrase`]), `?2` the needle. The index yields
+/// candidates; the `instr` recheck on them is what makes the answer the scan's (see
+/// `trigram_phrase` for the rows it keeps out). Names of observations whose entity does
+/// not exist are in it too: callers keep only entities that exist. Shared text of
+/// `search_nodes` and the browser's search, so the two match the same entities.
+macro_rules! indexed_matches {
+    () => {
+        "SELECT name FROM entities
+          WHERE rowid IN (SELECT rowid FROM entity_fts WHERE entity_fts MATCH ?1)
+            AND (instr(lower(name), ?2) > 0 OR instr(lower(entity_type), ?2) > 0)
+         UNION
+         SELECT entity_name FROM observations
+          WHERE id IN (SELECT rowid FROM observation_fts WHERE observation_fts MATCH ?3)
+            AND instr(lower(content), ?2) > 0"
+    };
+}
+
+/// [`indexed_matches`] by scanning every row, for needles the index cannot answer;
+/// `?1` is the lower-cased needle.
+macro_rules! scanned_matches {
+    () => {
+        "SELECT name FROM entities
+          WHERE instr(lower(name), ?1) > 0 OR instr(lower(entity_type), ?1) > 0
+         UNION
+         SELECT entity_name FROM observations WHERE instr(lower(content), ?1) > 0"
+    };
+}
 
 pub fn create_entities(conn: &Connection, entities: &[Entity]) -> Result<Vec<Entity>, GraphError> {
     let mut insert_entity =
@@ -152,41 +184,66 @@ pub fn search_nodes_planned(
     query: &str,
     counts: &TrigramCounts,
 ) -> Result<KnowledgeGraph, GraphError> {
-    let needle = query.to_lowercase();
-    let names: String = if needle.is_empty() {
+    let names: String = match Matcher::plan(conn, query, counts)? {
         // Everything matches, but (as in the official server) relations between two
         // entities that do not exist are still left out, so this is not read_graph.
-        let mut stmt = conn.prepare_cached("SELECT json_group_array(name) FROM entities")?;
-        stmt.query_row([], |row| row.get(0))?
-    } else if let Some(phrase) = trigram_phrase(&needle) {
-        // The index yields candidates; the `instr` recheck on them is what makes the
-        // answer the scan's (see `trigram_phrase` for the rows it keeps out).
-        let entity_phrase = selective_phrase(conn, counts, Index::Entities, &needle, &phrase)?;
-        let observation_phrase = selective_phrase(conn, counts, Index::Observations, &needle, &phrase)?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT json_group_array(name) FROM (
-                SELECT name FROM entities
-                 WHERE rowid IN (SELECT rowid FROM entity_fts WHERE entity_fts MATCH ?1)
-                   AND (instr(lower(name), ?2) > 0 OR instr(lower(entity_type), ?2) > 0)
-                UNION
-                SELECT entity_name FROM observations
-                 WHERE id IN (SELECT rowid FROM observation_fts WHERE observation_fts MATCH ?3)
-                   AND instr(lower(content), ?2) > 0
-            )",
-        )?;
-        stmt.query_row(params![entity_phrase, needle, observation_phrase], |row| row.get(0))?
-    } else {
-        let mut stmt = conn.prepare_cached(
-            "SELECT json_group_array(name) FROM (
-                SELECT name FROM entities
-                 WHERE instr(lower(name), ?1) > 0 OR instr(lower(entity_type), ?1) > 0
-                UNION
-                SELECT entity_name FROM observations WHERE instr(lower(content), ?1) > 0
-            )",
-        )?;
-        stmt.query_row([needle], |row| row.get(0))?
+        Matcher::All => {
+            conn.prepare_cached("SELECT json_group_array(name) FROM entities")?.query_row([], |r| r.get(0))?
+        }
+        Matcher::Indexed { entity_phrase, needle, observation_phrase, .. } => conn
+            .prepare_cached(concat!("SELECT json_group_array(name) FROM (", indexed_matches!(), ")"))?
+            .query_row(params![entity_phrase, needle, observation_phrase], |r| r.get(0))?,
+        Matcher::Scan { needle } => conn
+            .prepare_cached(concat!("SELECT json_group_array(name) FROM (", scanned_matches!(), ")"))?
+            .query_row([needle], |r| r.get(0))?,
     };
     subgraph(conn, &names)
+}
+
+/// How the entities a query matches are found: the decision `search_nodes` and the
+/// browser's search share.
+enum Matcher {
+    /// The empty query matches every entity.
+    All,
+    /// Three or more characters: the trigram indexes, planned (see [`indexed_matches`]).
+    /// `selective` when both indexes are asked for a trigram or two that the remembered
+    /// counts show to be in fewer than [`TrigramCounts`]' counting limit of rows, so the
+    /// candidates are few whatever the graph's size.
+    Indexed { entity_phrase: String, needle: String, observation_phrase: String, selective: bool },
+    /// Shorter needles, or needles holding a NUL: a scan (see [`scanned_matches`]).
+    Scan { needle: String },
+}
+
+impl Matcher {
+    /// Lower-cases `query` as JavaScript does and plans the lookup with the remembered
+    /// trigram counts (counting the trigrams not yet remembered).
+    fn plan(conn: &Connection, query: &str, counts: &TrigramCounts) -> Result<Matcher, GraphError> {
+        let needle = query.to_lowercase();
+        if needle.is_empty() {
+            return Ok(Matcher::All);
+        }
+        let Some(phrase) = trigram_phrase(&needle) else { return Ok(Matcher::Scan { needle }) };
+        let entity_phrase = selective_phrase(conn, counts, Index::Entities, &needle, &phrase)?;
+        let observation_phrase = selective_phrase(conn, counts, Index::Observations, &needle, &phrase)?;
+        // A plan other than the whole phrase picked counted trigrams (see `TrigramCounts::choose`).
+        let selective = entity_phrase != phrase && observation_phrase != phrase;
+        Ok(Matcher::Indexed { entity_phrase, needle, observation_phrase, selective })
+    }
+
+    /// For an indexed plan: the rowids of the existing entities matched, ascending
+    /// (the order `search_nodes` lists them in), by `search_nodes`' own matching
+    /// statement; `None` for the other plans, which callers answer their own way. One
+    /// statement.
+    fn indexed_rowids(&self, conn: &Connection) -> Result<Option<Vec<i64>>, GraphError> {
+        let Matcher::Indexed { entity_phrase, needle, observation_phrase, .. } = self else { return Ok(None) };
+        let mut stmt = conn.prepare_cached(concat!(
+            "SELECT rowid FROM entities WHERE name IN (",
+            indexed_matches!(),
+            ") ORDER BY rowid"
+        ))?;
+        let rows = stmt.query(params![entity_phrase, needle, observation_phrase])?;
+        Ok(Some(rows.mapped(|r| r.get(0)).collect::<Result<_, _>>()?))
+    }
 }
 
 /// Whether written rows wait to be (re-)indexed for search: every write only notes the

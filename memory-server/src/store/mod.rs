@@ -20,8 +20,8 @@ mod search_tests;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use r2d2_sqlite::SqliteConnectionManager;
@@ -107,7 +107,14 @@ pub struct Store {
     /// Told once per committed change; owned by the registry per path, so subscribers
     /// outlive a store that is closed and opened again.
     changes: broadcast::Sender<()>,
+    /// Also told of every announced change, with this store's path.
+    on_change: Option<ChangeHook>,
 }
+
+/// Called with a store's path after each change it announces (see `Store::announce`):
+/// the daemon's projects list keeps the time of each project's last write. Runs on the
+/// commit path, so it must only take a moment.
+pub type ChangeHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,11 +138,15 @@ impl Store {
 
     /// Opens `file` under its rules (see [`DbFile`]), with a change channel of its own.
     pub fn open_file(file: &DbFile) -> Result<Store, StoreError> {
-        Self::open_with(file, broadcast::channel(16).0)
+        Self::open_with(file, broadcast::channel(16).0, None)
     }
 
-    /// Opens `file`, announcing commits on `changes`.
-    pub(crate) fn open_with(file: &DbFile, changes: broadcast::Sender<()>) -> Result<Store, StoreError> {
+    /// Opens `file`, announcing commits on `changes` and to `on_change`.
+    pub(crate) fn open_with(
+        file: &DbFile,
+        changes: broadcast::Sender<()>,
+        on_change: Option<ChangeHook>,
+    ) -> Result<Store, StoreError> {
         let opened = Opened::open(file)?;
         let version = data_version(&opened.writer).map_err(StoreError::sqlite(file.path()))?;
         Ok(Store {
@@ -145,6 +156,7 @@ impl Store {
             readers: readers::Readers::new(opened.readers, opened.probe),
             upkeep: maintenance::Maintenance::new(version),
             changes,
+            on_change,
         })
     }
 
@@ -159,6 +171,9 @@ impl Store {
 
     fn announce(&self) {
         let _ = self.changes.send(());
+        if let Some(hook) = &self.on_change {
+            hook(self.path());
+        }
     }
 
     /// Whether the file at our path is still the one our connections have open. Asked

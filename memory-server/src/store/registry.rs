@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use tokio::sync::{OnceCell, broadcast};
 use tokio_util::task::TaskTracker;
 
-use super::{DbFile, Store, StoreError};
+use super::{ChangeHook, DbFile, Store, StoreError};
 
 /// How many stores may be open and how long an unused one stays open.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +42,8 @@ pub struct StoreRegistry {
     /// Stores being closed in the background (shutdown waits for them).
     closing: TaskTracker,
     epoch: Instant,
+    /// Given to every store opened (see [`ChangeHook`]).
+    on_change: Option<ChangeHook>,
 }
 
 struct Slot {
@@ -76,7 +78,13 @@ impl StoreRegistry {
             close_permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CLOSES)),
             closing: TaskTracker::new(),
             epoch: Instant::now(),
+            on_change: None,
         }
+    }
+
+    /// A registry whose stores also tell `on_change` of every change they announce.
+    pub fn with_change_hook(limits: StoreLimits, on_change: ChangeHook) -> Self {
+        StoreRegistry { on_change: Some(on_change), ..Self::new(limits) }
     }
 
     pub fn limits(&self) -> StoreLimits {
@@ -100,7 +108,8 @@ impl StoreRegistry {
                 self.make_room(file).await?;
                 let changes = self.channel(file);
                 let to_open = file.clone();
-                let opened = tokio::task::spawn_blocking(move || Store::open_with(&to_open, changes))
+                let on_change = self.on_change.clone();
+                let opened = tokio::task::spawn_blocking(move || Store::open_with(&to_open, changes, on_change))
                     .await
                     .map_err(|e| StoreError::Io { path: file.path().to_owned(), source: std::io::Error::other(e) })
                     .and_then(|r| r);
@@ -127,6 +136,14 @@ impl StoreRegistry {
             self.slots.remove_if(file.path(), |_, s| Arc::strong_count(s) == 1 && !s.store.initialized());
         }
         opened
+    }
+
+    /// The store of `path` when it is open now (not opening it; a use like [`Self::get`]).
+    pub fn get_open(&self, path: &std::path::Path) -> Option<Arc<Store>> {
+        let slot = self.slots.get(path)?;
+        let store = slot.store.get()?.clone();
+        self.touch(&slot);
+        Some(store)
     }
 
     /// A receiver of `file`'s change notices, whether or not its store is open.

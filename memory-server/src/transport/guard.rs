@@ -1,7 +1,9 @@
 //! Request guards that run before any route: DNS-rebinding protection (`Host` and
 //! `Origin` must be loopback, per the MCP transport's security warning), then either the
 //! bearer token (when one is configured; required beyond loopback) or, without one, the
-//! rule that only the user the daemon runs as is served.
+//! rule that only the user the daemon runs as is served. A browser cannot send a bearer
+//! token with a page load, so under `/ui` the graph browser's login cookie stands for it
+//! (and its page and assets, which hold no user data, load without: see `ui`).
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub async fn guard(State(config): State<Arc<DaemonConfig>>, req: Request, next: 
         }
     } else if let Some(token) = &config.token
         && !bearer_matches(req.headers(), token)
+        && !super::ui::admits_without_bearer(&req, token, config.addr.port())
     {
         let mut resp = rpc_error_response(
             StatusCode::UNAUTHORIZED,
@@ -59,7 +62,7 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> AxumRouter {
     let mcp = mcp.route(tests::PANIC_PATH, get(tests::panic));
     AxumRouter::new()
         .merge(mcp)
+        .merge(super::ui::routes())
         .route("/health", get(health))
         .route("/ping", get(health))
         .layer(middleware::from_fn_with_state(state.config.clone(), guard))

@@ -252,6 +252,9 @@ async fn status(ctx: &Ctx, as_json: bool) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", table(&daemons));
+    for line in graph_browsers(&ctx.config, &daemons) {
+        println!("{line}");
+    }
     match manager {
         Some(m) => println!(
             "\nmanager: serving on 127.0.0.1:{} (pid {}, health check every {} s)",
@@ -328,6 +331,22 @@ pub fn table(daemons: &[DaemonStatus]) -> String {
         }
     }
     out
+}
+
+/// Where each memory-server daemon (one started as `memory-server`) serves its graph
+/// browser (SPEC 2.11): one line each, for the status table's foot.
+fn graph_browsers(config: &Config, daemons: &[DaemonStatus]) -> Vec<String> {
+    let is_memory_server = |name: &str| {
+        config.daemons.get(name).is_some_and(|spec| {
+            matches!(&spec.target, Target::Local { launch: Some(l), .. }
+                if l.command.file_name().is_some_and(|f| f == "memory-server"))
+        })
+    };
+    daemons
+        .iter()
+        .filter(|d| is_memory_server(&d.name))
+        .filter_map(|d| d.port.map(|port| format!("{}: graph browser at http://127.0.0.1:{port}/ui", d.name)))
+        .collect()
 }
 
 pub fn format_uptime(secs: u64) -> String {
