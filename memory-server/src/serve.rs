@@ -60,7 +60,9 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
         std::io::ErrorKind::AddrInUse => ServeError::PortInUse { ip: config.addr.ip(), port: config.addr.port() },
         _ => ServeError::Bind { addr: config.addr, source },
     })?;
-    let listener = ConnectionListener::new(listener, config.max_connections, config.same_user_only())
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listener = ConnectionListener::new(listener, config.max_connections, config.same_user_only(), tls)
         .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
 
     let router = Router::new(config.global_db.clone(), config.stores);
@@ -75,7 +77,7 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
             move || server.router.registry().close_idle()
         }),
     ];
-    tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on http://{}/mcp", config.addr);
+    tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on {scheme}://{}/mcp", config.addr);
     if config.same_user_only() {
         let uid = loopback_guard::peer::own_uid();
         tracing::info!("no --token: serving only uid {uid}, the user this daemon runs as");
