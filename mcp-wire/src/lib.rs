@@ -15,6 +15,11 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 /// `Mcp-Project-Path`: ours, not MCP's: the project directory whose memory a request
 /// uses, percent-encoded UTF-8.
 pub const PROJECT_HEADER: &str = "mcp-project-path";
+/// `Mcp-Project-Id`: ours: the project's identity across machines, for a daemon a team
+/// shares (SPEC 2.12): its normalised `origin` remote (`github.com/org/repo`, with
+/// `#sub/dir` for a directory below the work tree's root), else its path; percent-encoded
+/// UTF-8 like [`PROJECT_HEADER`], which is sent beside it.
+pub const PROJECT_ID_HEADER: &str = "mcp-project-id";
 /// `Mcp-Method`: 2026-07-28, the body's `method`, mirrored for intermediaries.
 pub const METHOD_HEADER: &str = "mcp-method";
 /// `Mcp-Name`: 2026-07-28, the body's `params.name` (`tools/call`, `prompts/get`) or

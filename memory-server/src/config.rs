@@ -2,10 +2,14 @@
 //! rest of the program trusts these values.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{ServerConfig, crypto};
 
 use crate::store::registry::StoreLimits;
 
@@ -119,6 +123,13 @@ pub struct ServeArgs {
     /// Open event streams (session GET streams and `subscriptions/listen`) at most; more get 503.
     #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
     pub max_streams: usize,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first);
+    /// needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -161,6 +172,8 @@ pub struct DaemonConfig {
     pub stores: StoreLimits,
     pub max_batch: usize,
     pub max_streams: usize,
+    /// `--tls-cert`/`--tls-key`, loaded and checked: serve HTTPS (rustls).
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +191,9 @@ pub enum ConfigError {
     ZeroIdle,
     #[error("--max-connections must be between 1 and {MAX_CONNECTIONS_CEILING}, not {0}")]
     MaxConnections(usize),
+    /// A `--tls-cert` or `--tls-key` that cannot be read or used, named with the reason.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl DaemonConfig {
@@ -210,6 +226,12 @@ impl DaemonConfig {
             },
             max_batch: args.batch.max_batch,
             max_streams: args.max_streams,
+            tls: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+                (None, None) => None,
+                // clap's `requires` refuses one without the other before this.
+                _ => return Err(ConfigError::Tls("--tls-cert and --tls-key go together".into())),
+            },
         })
     }
 
@@ -218,6 +240,44 @@ impl DaemonConfig {
     pub fn same_user_only(&self) -> bool {
         self.token.is_none()
     }
+}
+
+/// The rustls server configuration of `--tls-cert CERT --tls-key KEY`: every certificate
+/// of CERT (the chain sent to clients), the one private key of KEY, checked to belong to
+/// the first certificate; aws-lc-rs as the crypto provider (named, not left to the
+/// process default, which a second provider in the build would make ambiguous); HTTP/1.1
+/// as the only ALPN protocol, since that is all the daemon speaks. Errors name the flag,
+/// the file and the reason.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ConfigError> {
+    let named =
+        |flag: &str, path: &Path, problem: String| ConfigError::Tls(format!("{flag} {}: {problem}", path.display()));
+    let read =
+        |flag: &str, path: &Path| std::fs::read(path).map_err(|e| named(flag, path, format!("cannot read: {e}")));
+    let cert_pem = read("--tls-cert", cert)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named("--tls-cert", cert, format!("not a PEM certificate file: {e}")))?;
+    if chain.is_empty() {
+        return Err(named("--tls-cert", cert, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
+    }
+    let key_pem = read("--tls-key", key)?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            named("--tls-key", key, "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".into())
+        }
+        e => named("--tls-key", key, format!("not a PEM private key file: {e}")),
+    })?;
+    let both = |e: &dyn std::fmt::Display| {
+        ConfigError::Tls(format!("--tls-cert {} with --tls-key {}: {e}", cert.display(), key.display()))
+    };
+    let mut config = ServerConfig::builder_with_provider(Arc::new(crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| both(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| both(&e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// `MEMORY_DB_PATH`, else `~/.claude/memory.db`.
@@ -292,6 +352,52 @@ mod tests {
             let err = DaemonConfig::from_args(&serve(&["--max-connections", bad])).unwrap_err();
             assert!(matches!(err, ConfigError::MaxConnections(_)), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_the_one_that_is_wrong() {
+        for lone in [["--tls-cert", "c.pem"], ["--tls-key", "k.pem"]] {
+            let args = ["memory-server", "serve"].into_iter().chain(lone);
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{lone:?}: {e}");
+        }
+        assert!(DaemonConfig::from_args(&serve(&[])).unwrap().tls.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("garbage.pem"), "not PEM at all\n").unwrap();
+        std::fs::write(path("bad-block.pem"), "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        std::fs::write(path("junk-cert.pem"), "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        std::fs::write(path("junk-key.pem"), "-----BEGIN PRIVATE KEY-----\nAAECAwQF\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+        let cases = [
+            ("missing.pem", "junk-key.pem", format!("--tls-cert {}: cannot read: ", path("missing.pem"))),
+            ("garbage.pem", "junk-key.pem", format!("--tls-cert {}: holds no PEM certificate", path("garbage.pem"))),
+            (
+                "bad-block.pem",
+                "junk-key.pem",
+                format!("--tls-cert {}: not a PEM certificate file", path("bad-block.pem")),
+            ),
+            ("junk-cert.pem", "missing.pem", format!("--tls-key {}: cannot read: ", path("missing.pem"))),
+            ("junk-cert.pem", "garbage.pem", format!("--tls-key {}: holds no PEM private key", path("garbage.pem"))),
+            (
+                "junk-cert.pem",
+                "junk-key.pem",
+                format!("--tls-cert {} with --tls-key {}: ", path("junk-cert.pem"), path("junk-key.pem")),
+            ),
+        ];
+        for (cert, key, want) in cases {
+            let err = DaemonConfig::from_args(&serve(&["--tls-cert", &path(cert), "--tls-key", &path(key)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&want), "{cert} {key}: {err}");
+        }
+        // TLS does not stand in for a token beyond loopback.
+        let mut a =
+            serve(&["--bind", "0.0.0.0", "--tls-cert", &path("junk-cert.pem"), "--tls-key", &path("junk-key.pem")]);
+        a.token = None;
+        assert!(matches!(DaemonConfig::from_args(&a), Err(ConfigError::PublicWithoutToken(_))));
     }
 
     #[test]

@@ -24,22 +24,40 @@ fn main() -> ExitCode {
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
     let result = match cli.command {
-        None => runtime.block_on(run_serve(&cli.serve)),
-        Some(CommandArgs::Serve(args)) => runtime.block_on(run_serve(&args)),
-        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(&args)),
-        Some(CommandArgs::Import(args)) => run_import(&args),
-        Some(CommandArgs::Export(args)) => run_export(&args),
-        Some(CommandArgs::Backup(args)) => run_backup(&args),
+        None => run_serve(&runtime, &cli.serve),
+        Some(CommandArgs::Serve(args)) => run_serve(&runtime, &args),
+        Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(&args)).map_err(Failure::from),
+        Some(CommandArgs::Import(args)) => run_import(&args).map_err(Failure::from),
+        Some(CommandArgs::Export(args)) => run_export(&args).map_err(Failure::from),
+        Some(CommandArgs::Backup(args)) => run_backup(&args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => fail(message),
+        Err(Failure { message, usage: false }) => fail(message),
+        Err(Failure { message, usage: true }) => {
+            eprintln!("memory-server: {message}");
+            ExitCode::from(2)
+        }
     }
 }
 
-async fn run_serve(args: &memory_server::config::ServeArgs) -> Result<(), String> {
-    let config = DaemonConfig::from_args(args).map_err(|e| e.to_string())?;
-    serve::serve(config).await.map_err(|e| e.to_string())
+/// Why a command failed; `usage`: the command line cannot run as given (a value out of
+/// range, a TLS file that cannot be read or used), exit status 2 like clap's own errors,
+/// where a failure while running exits 1.
+struct Failure {
+    message: String,
+    usage: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { message, usage: false }
+    }
+}
+
+fn run_serve(runtime: &tokio::runtime::Runtime, args: &memory_server::config::ServeArgs) -> Result<(), Failure> {
+    let config = DaemonConfig::from_args(args).map_err(|e| Failure { message: e.to_string(), usage: true })?;
+    runtime.block_on(serve::serve(config)).map_err(|e| Failure::from(e.to_string()))
 }
 
 async fn run_stdio(args: &StdioArgs) -> Result<(), String> {

@@ -61,7 +61,9 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
         std::io::ErrorKind::AddrInUse => ServeError::PortInUse { ip: config.addr.ip(), port: config.addr.port() },
         _ => ServeError::Bind { addr: config.addr, source },
     })?;
-    let listener = ConnectionListener::new(listener, config.max_connections, config.same_user_only())
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listener = ConnectionListener::new(listener, config.max_connections, config.same_user_only(), tls)
         .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
 
     let projects = Arc::new(ProjectsList::load(config.runtime_dir.as_deref(), &config.global_db));
@@ -78,8 +80,8 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
             move || server.router.registry().close_idle()
         }),
     ];
-    tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on http://{}/mcp", config.addr);
-    tracing::info!("graph browser: http://{}/ui", config.addr);
+    tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on {scheme}://{}/mcp", config.addr);
+    tracing::info!("graph browser: {scheme}://{}/ui", config.addr);
     if config.same_user_only() {
         let uid = loopback_guard::peer::own_uid();
         tracing::info!("no --token: serving only uid {uid}, the user this daemon runs as");

@@ -55,6 +55,8 @@ pub struct DaemonSpec {
     pub tools: ToolFilter,
     /// For `transport = "stdio"`: the server mcp-host runs and how it is shared.
     pub hosted: Option<Hosted>,
+    /// Send `Mcp-Project-Id` with every request (`project_id = "git-remote"`).
+    pub project_id: Option<ProjectId>,
     /// Why this daemon cannot be used as configured (a `${VAR}` that is not set), when
     /// so. Only this daemon is broken: the others load and run (SPEC 3.2).
     pub misconfigured: Option<String>,
@@ -99,6 +101,16 @@ impl Share {
             Share::Session => "session",
         }
     }
+}
+
+/// `project_id`: how the proxy names the project across machines in `Mcp-Project-Id`
+/// (SPEC 2.12), for a daemon shared by a team; without it only `Mcp-Project-Path` is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectId {
+    /// The project's normalised `origin` remote (`github.com/org/repo`), else its path
+    /// (`project_id.rs`).
+    GitRemote,
 }
 
 /// `tools = { allow = [...], deny = [...] }`: glob patterns over tool names. A tool is
@@ -270,6 +282,7 @@ struct RawDaemon {
     tools: Option<RawTools>,
     share: Option<Share>,
     idle_stop_secs: Option<u64>,
+    project_id: Option<ProjectId>,
 }
 
 /// Looks an environment variable up (injectable for tests).
@@ -403,6 +416,10 @@ fn daemon_spec(name: &str, d: RawDaemon, env: &Env, file: &Path) -> Result<Daemo
             }
         }
     }
+    if stdio && d.project_id.is_some() {
+        // mcp-host shares a child per project by its path; it has no use for the id.
+        return Err(invalid("project_id", "applies only to a daemon reached over HTTP, not transport = \"stdio\""));
+    }
     if d.ca_file.is_some() && d.url.is_none() {
         return Err(invalid("ca_file", "applies only to a daemon reached by an https:// url"));
     }
@@ -492,6 +509,7 @@ fn daemon_spec(name: &str, d: RawDaemon, env: &Env, file: &Path) -> Result<Daemo
         ca_file: d.ca_file.as_deref().map(|c| expand_home(c, env.home.as_deref())),
         tools,
         hosted,
+        project_id: d.project_id,
         misconfigured: unset,
     })
 }
@@ -623,6 +641,19 @@ headers = { Authorization = "Bearer ${TOKEN}" }
         assert_eq!(l.cwd, Some(PathBuf::from("/home/u/tools")));
         assert_eq!(l.args, ["--token", "t0k"]);
         assert_eq!(c.daemons["team"].headers["Authorization"], "Bearer t0k");
+        assert_eq!(c.daemons["team"].project_id, None);
+    }
+
+    #[test]
+    fn project_id_git_remote() {
+        let c = Config::parse(
+            "[daemons.team]\nurl = \"https://memory.example/mcp\"\nproject_id = \"git-remote\"\n[daemons.m]\nport = 1\nproject_id = \"git-remote\"\n",
+            "c.toml",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.daemons["team"].project_id, Some(ProjectId::GitRemote));
+        assert_eq!(c.daemons["m"].project_id, Some(ProjectId::GitRemote));
     }
 
     #[test]
@@ -646,6 +677,17 @@ headers = { Authorization = "Bearer ${TOKEN}" }
         assert!(e.to_string().contains("daemons.a.tools.deny") && e.to_string().contains("\"[\""), "{e}");
         let e = Config::parse("[manager]\nport = 0\n", "c.toml", &env()).unwrap_err();
         assert!(e.to_string().contains("manager.port"), "{e}");
+
+        let e = Config::parse("[daemons.a]\nport = 1\n\nproject_id = \"git\"\n", "c.toml", &env()).unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:4:"), "{e}");
+        assert!(e.to_string().contains("daemons.a.project_id: ") && e.to_string().contains("git-remote"), "{e}");
+        let e = Config::parse(
+            "[daemons.a]\ntransport = \"stdio\"\ncommand = \"x\"\nproject_id = \"git-remote\"\n",
+            "c.toml",
+            &env(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("c.toml:1: daemons.a.project_id: applies only"), "{e}");
 
         let e = Config::parse("[daemons.a]\nport = \"x\"\n", "c.toml", &env()).unwrap_err();
         assert!(e.to_string().starts_with("c.toml:2:"), "{e}");

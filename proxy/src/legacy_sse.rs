@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use mcp_wire::PROJECT_HEADER;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap};
 use serde_json::{Value, json};
 use sse_stream::{Sse, SseStream};
@@ -255,9 +254,7 @@ impl SseRelay {
             .get(base.clone())
             .headers(self.link.extra_headers.clone())
             .header(ACCEPT, "text/event-stream");
-        if let Some(p) = &self.link.project {
-            req = req.header(PROJECT_HEADER, p.clone());
-        }
+        req = self.link.with_project(req).await;
         let handshake = async {
             let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
             let status = resp.status();
@@ -471,9 +468,7 @@ impl SseRelay {
             .headers(self.link.extra_headers.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(message.to_string());
-        if let Some(p) = &self.link.project {
-            req = req.header(PROJECT_HEADER, p.clone());
-        }
+        req = self.link.with_project(req).await;
         let resp = req.send().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod filter;
 pub mod legacy_sse;
 pub mod manager;
+pub mod project_id;
 pub mod relay;
 pub mod replay;
 pub mod runtime;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mcp_wire::{LISTEN, PROJECT_HEADER, SESSION_HEADER, VERSION_HEADER};
+use mcp_wire::{LISTEN, SESSION_HEADER, VERSION_HEADER};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
 use sse_stream::SseStream;
@@ -351,9 +351,7 @@ impl Relay {
         if let Some(v) = version.as_deref().filter(|_| !is_initialize) {
             req = req.header(VERSION_HEADER, v);
         }
-        if let Some(p) = &self.link.project {
-            req = req.header(PROJECT_HEADER, p.clone());
-        }
+        req = self.link.with_project(req).await;
         if let Some(revision) = revision {
             for (name, value) in stateless::headers(message, revision) {
                 req = req.header(name, value);
@@ -545,9 +543,7 @@ impl Relay {
                 if let Some(v) = version {
                     req = req.header(VERSION_HEADER, v);
                 }
-                if let Some(p) = &self.link.project {
-                    req = req.header(PROJECT_HEADER, p.clone());
-                }
+                req = self.link.with_project(req).await;
                 let lost = match req.send().await {
                     Ok(resp) if resp.status().as_u16() == 405 => return,
                     Ok(resp) if resp.status().is_success() => {

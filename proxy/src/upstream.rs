@@ -7,11 +7,15 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use mcp_wire::{PROJECT_HEADER, PROJECT_ID_HEADER};
 use serde_json::{Value, json};
 
+use reqwest::RequestBuilder;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{DaemonSpec, Target, Transport};
+use crate::config::{DaemonSpec, ProjectId, Target, Transport};
 use crate::filter::ToolGate;
 use crate::legacy_sse::SseRelay;
 use crate::relay::{Output, Relay, RelayError, encode_project, error_chain};
@@ -26,6 +30,11 @@ pub struct Link {
     pub client: reqwest::Client,
     /// `Mcp-Project-Path`, percent-encoded.
     pub project: Option<HeaderValue>,
+    /// `Mcp-Project-Id` (`project_id = "git-remote"`), percent-encoded: worked out once, on
+    /// a blocking thread started with the proxy, so it reads the repository while
+    /// discovery pings the daemon rather than before; a request awaits it (at once, after
+    /// the first).
+    project_id: Option<Shared<BoxFuture<'static, Option<HeaderValue>>>>,
     /// The daemon's configured `headers` (for `url` daemons).
     pub extra_headers: HeaderMap,
     pub out: Output,
@@ -38,6 +47,10 @@ pub struct Link {
 
 impl Link {
     pub fn new(spec: DaemonSpec, runtime: RuntimeDir, manager_port: u16, project: Option<&str>, out: Output) -> Link {
+        let project_id = match (spec.project_id, project) {
+            (Some(ProjectId::GitRemote), Some(dir)) => Some(project_identity(&spec.name, dir)),
+            _ => None,
+        };
         let project = project.and_then(|p| HeaderValue::from_str(&encode_project(p)).ok());
         let mut extra_headers = HeaderMap::new();
         for (k, v) in &spec.headers {
@@ -50,7 +63,21 @@ impl Link {
             Err(problem) => (plain_client(), Some(problem)),
         };
         let gate = Arc::new(ToolGate::new(&spec.name, spec.tools.clone()));
-        Link { spec, runtime, manager_port, client, project, extra_headers, out, gate, unusable }
+        Link { spec, runtime, manager_port, client, project, project_id, extra_headers, out, gate, unusable }
+    }
+
+    /// `req` with the project's headers: `Mcp-Project-Path`, and `Mcp-Project-Id` when
+    /// configured.
+    pub async fn with_project(&self, mut req: RequestBuilder) -> RequestBuilder {
+        if let Some(p) = &self.project {
+            req = req.header(PROJECT_HEADER, p.clone());
+        }
+        if let Some(id) = &self.project_id
+            && let Some(id) = id.clone().await
+        {
+            req = req.header(PROJECT_ID_HEADER, id);
+        }
+        req
     }
 
     /// Writes one message to the client as one line (without the filtered tools when it
@@ -79,6 +106,18 @@ impl Link {
             self.emit(&json!({"jsonrpc":"2.0","id":id,"error":{"code":-32603,"message":message}})).await;
         }
     }
+}
+
+/// Starts working out `Mcp-Project-Id` for `dir` on a blocking thread (file reads, see
+/// `project_id.rs`), logging the id once.
+fn project_identity(name: &str, dir: &str) -> Shared<BoxFuture<'static, Option<HeaderValue>>> {
+    let (name, dir) = (name.to_owned(), dir.to_owned());
+    let task = tokio::task::spawn_blocking(move || {
+        let id = crate::project_id::identity(&dir);
+        crate::log(&name, &format!("Mcp-Project-Id: {id}"));
+        HeaderValue::from_str(&encode_project(&id)).ok()
+    });
+    task.map(|joined| joined.ok().flatten()).boxed().shared()
 }
 
 /// The HTTP client for a daemon. Only an `https://` url daemon gets TLS roots: the

@@ -1,7 +1,8 @@
 //! A fake MCP streamable-HTTP upstream for the relaying tests: JSON replies, sessions it
 //! can forget on demand (to answer 404 like an expired session), a `fast` tool and a
 //! `slow` tool that answers only when the test releases it. It records what it sees, in
-//! order, so tests assert on the sequence of events rather than on timing. Optionally it
+//! order, so tests assert on the sequence of events rather than on timing, and each POST's
+//! `Mcp-Project-Id`. Optionally it
 //! answers requests as SSE streams (a log notification, then the answer), and serves over
 //! TLS (`proxy_common/tls.rs`).
 
@@ -37,6 +38,8 @@ pub struct FakeState {
     refuse_initialize: AtomicU32,
     /// Answer requests (other than `initialize`) as SSE streams.
     sse: bool,
+    /// Every POST's method and its `Mcp-Project-Id` header (none when absent), in order.
+    project_ids: Mutex<Vec<(String, Option<String>)>>,
 }
 
 pub struct Fake {
@@ -71,6 +74,7 @@ impl Fake {
             release: Semaphore::new(0),
             refuse_initialize: AtomicU32::new(0),
             sse,
+            project_ids: Mutex::default(),
         });
         let app = Router::new().route("/mcp", post(on_post).get(on_get).delete(on_delete)).with_state(state.clone());
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -106,6 +110,11 @@ impl Fake {
 
     pub fn events(&self) -> Vec<String> {
         self.state.events.lock().unwrap().clone()
+    }
+
+    /// Every POST's method and `Mcp-Project-Id` so far, in order.
+    pub fn project_ids(&self) -> Vec<(String, Option<String>)> {
+        self.state.project_ids.lock().unwrap().clone()
     }
 
     pub fn count(&self, prefix: &str) -> usize {
@@ -160,6 +169,8 @@ async fn on_post(State(st): State<Arc<FakeState>>, headers: HeaderMap, body: Byt
     let method = msg["method"].as_str().unwrap_or("response").to_owned();
     let id = msg.get("id").cloned();
     let label = session.clone().unwrap_or_else(|| "-".into());
+    let project_id = headers.get("mcp-project-id").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    st.project_ids.lock().unwrap().push((method.clone(), project_id));
     if let Some(s) = &session
         && !st.live.lock().unwrap().contains(s)
     {

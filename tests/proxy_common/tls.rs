@@ -1,6 +1,7 @@
-//! TLS for the HTTPS upstream of the proxy's TLS tests: a certificate authority made
-//! afresh by each test (rcgen), a server certificate it signs for `localhost` and
-//! 127.0.0.1, and a listener that serves an axum app over rustls on loopback.
+//! TLS for the HTTPS upstream of the proxy's TLS tests and for memory-server's own HTTPS
+//! (`tests/daemon_tls.rs`): a certificate authority made afresh by each test (rcgen), a
+//! server certificate it signs for `localhost` and 127.0.0.1 (also as PEM files' text),
+//! and a listener that serves an axum app over rustls on loopback.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,12 @@ use tokio_rustls::server::TlsStream;
 pub struct TestCa {
     /// The CA's certificate, PEM: what a client's `ca_file` holds to trust the server.
     pub ca_pem: String,
+    /// The same, DER, for a test's own TLS client.
+    pub ca_der: CertificateDer<'static>,
+    /// The server's certificate and private key (PKCS#8), PEM: what `memory-server
+    /// --tls-cert`/`--tls-key` read.
+    pub cert_pem: String,
+    pub key_pem: String,
     pub acceptor: TlsAcceptor,
 }
 
@@ -33,10 +40,12 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, "localhost");
         let leaf = params.signed_by(&key, &ca).unwrap();
 
+        let (cert_pem, key_pem) = (leaf.pem(), key.serialize_pem());
         let chain = vec![CertificateDer::from(leaf.der().to_vec())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let config = ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
-        TestCa { ca_pem: ca.pem(), acceptor: TlsAcceptor::from(Arc::new(config)) }
+        let ca_der = CertificateDer::from(ca.der().to_vec());
+        TestCa { ca_pem: ca.pem(), ca_der, cert_pem, key_pem, acceptor: TlsAcceptor::from(Arc::new(config)) }
     }
 }
 
