@@ -468,19 +468,14 @@ impl Child {
         };
         let Some(Running { pid, stdin, mut exited, .. }) = running else { return };
         drop(stdin); // the writer ends and closes the pipe: most servers exit on EOF
-        let waited = |rx: &mut tokio::sync::watch::Receiver<bool>, d| {
-            let mut rx = rx.clone();
-            async move { tokio::time::timeout(d, rx.wait_for(|done| *done)).await.is_ok() }
-        };
-        if waited(&mut exited, STOP_GRACE).await {
-            return;
+        for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+            if let Some(signal) = signal {
+                signal_group(pid, signal);
+            }
+            if tokio::time::timeout(STOP_GRACE, exited.wait_for(|done| *done)).await.is_ok() {
+                return;
+            }
         }
-        signal_group(pid, libc::SIGTERM);
-        if waited(&mut exited, STOP_GRACE).await {
-            return;
-        }
-        signal_group(pid, libc::SIGKILL);
-        let _ = waited(&mut exited, STOP_GRACE).await;
     }
 }
 
