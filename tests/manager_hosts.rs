@@ -95,3 +95,38 @@ fn the_health_check_restarts_a_host_that_died() {
     // The new host serves sessions.
     open_session(&env, &env.env.project("beta"));
 }
+
+/// The host holds its children's tools for its own user only, as the daemon does: another
+/// uid (through `setpriv`) and a page on a foreign origin are refused before any session
+/// or child exists; its own user is served.
+#[test]
+fn the_host_serves_only_its_own_user_on_a_loopback_origin() {
+    use e2e::curl::{As, OTHER_UID, curl, my_uid, post_json};
+    let env = env_with_a_stdio_daemon();
+    env.manager(&["ensure", "notes"]).ok();
+    let port = poll(|| env.lock("notes").and_then(|l| l["port"].as_u64()));
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+    .to_string();
+    let mut args = post_json(&init);
+    args.extend(["-H", "Accept: application/json, text/event-stream"]);
+
+    let other = curl(As::Other, &url, &args);
+    assert_eq!(other.status, 403, "{}", other.text);
+    let message = other.error_message();
+    assert!(message.contains(&OTHER_UID.to_string()) && message.contains(&my_uid().to_string()), "{message}");
+    let status = curl(As::Other, &format!("http://127.0.0.1:{port}/status"), &[]);
+    assert_eq!(status.status, 403, "{}", status.text);
+
+    let mut foreign = args.clone();
+    foreign.extend(["-H", "Origin: http://evil.example"]);
+    assert_eq!(curl(As::Me, &url, &foreign).status, 403);
+
+    let me = curl(As::Me, &url, &args);
+    assert_eq!(me.status, 200, "{}", me.text);
+    assert_eq!(me.body["result"]["serverInfo"]["name"], "memory-server", "{}", me.text);
+    // Only the served session reached the host, and with it the one child.
+    let entry = notes(&status_json(&env));
+    assert_eq!(entry["children"][0]["sessions"], 1, "{entry}");
+}
