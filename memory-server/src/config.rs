@@ -11,6 +11,7 @@ use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{ServerConfig, crypto};
 
+use crate::postgres::{DatabaseUrl, PgError};
 use crate::store::registry::StoreLimits;
 
 pub const DEFAULT_PORT: u16 = 3100;
@@ -46,19 +47,29 @@ pub enum CommandArgs {
     Import(ImportArgs),
     /// Write a database as the official server-memory JSONL.
     Export(ExportArgs),
-    /// Copy a live database consistently with SQLite's online backup API.
+    /// Copy a live database consistently with SQLite's online backup API (or, with
+    /// --database, one project of PostgreSQL into a new SQLite file).
     Backup(BackupArgs),
+    /// Move a project's SQLite memory into PostgreSQL, in one transaction.
+    Copy(CopyArgs),
 }
 
 /// Which database a transfer command works on (default: the global one).
 #[derive(Debug, Clone, Args)]
 pub struct DbChoice {
     /// Use `<DIR>/.claude/memory.db`.
-    #[arg(long, conflicts_with = "db")]
+    #[arg(long, conflicts_with_all = ["db", "database"])]
     pub project: Option<String>,
     /// Use this database file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "database")]
     pub db: Option<PathBuf>,
+    /// Use this PostgreSQL database (team memory) instead of a SQLite file.
+    #[arg(long, value_name = "postgres://USER@HOST:PORT/DB")]
+    pub database: Option<String>,
+    /// With --database: the project (its `Mcp-Project-Id`, or its path as the daemon was
+    /// sent it); without it, the global memory.
+    #[arg(long, value_name = "ID", requires = "database")]
+    pub project_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -76,6 +87,19 @@ pub struct ExportArgs {
     /// Write here instead of stdout.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CopyArgs {
+    /// The SQLite database to read (`<project>/.claude/memory.db`, `memory.db`); not changed.
+    #[arg(long, value_name = "FILE")]
+    pub from_db: PathBuf,
+    /// The PostgreSQL database to add it to.
+    #[arg(long, value_name = "postgres://USER@HOST:PORT/DB")]
+    pub to_database: String,
+    /// The project to add it to (its `Mcp-Project-Id`); without it, the global memory.
+    #[arg(long, value_name = "ID")]
+    pub project_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -130,6 +154,10 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Keep every project's memory in this PostgreSQL database (team memory, shared by
+    /// several daemons) instead of per-project SQLite files.
+    #[arg(long, value_name = "postgres://USER@HOST:PORT/DB", env = "MEMORY_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +202,8 @@ pub struct DaemonConfig {
     pub max_streams: usize,
     /// `--tls-cert`/`--tls-key`, loaded and checked: serve HTTPS (rustls).
     pub tls: Option<Arc<ServerConfig>>,
+    /// `--database`: PostgreSQL instead of per-project SQLite files.
+    pub database: Option<DatabaseUrl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +224,8 @@ pub enum ConfigError {
     /// A `--tls-cert` or `--tls-key` that cannot be read or used, named with the reason.
     #[error("{0}")]
     Tls(String),
+    #[error("--database: {0}")]
+    Database(#[from] PgError),
 }
 
 impl DaemonConfig {
@@ -232,6 +264,7 @@ impl DaemonConfig {
                 // clap's `requires` refuses one without the other before this.
                 _ => return Err(ConfigError::Tls("--tls-cert and --tls-key go together".into())),
             },
+            database: args.database.as_deref().filter(|u| !u.is_empty()).map(DatabaseUrl::parse).transpose()?,
         })
     }
 

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use mcp_wire::GRAPH_RESOURCE_URI;
 use serde_json::{Value, json};
 
+use crate::memory::{Memory, MemoryError};
 use crate::protocol::{Answer, LATEST_VERSION, RpcError, code, supported_version};
 use crate::routing::Router;
 use crate::scope::current_project;
 use crate::session::{Session, SessionRegistry};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::streams::EventStreams;
 use crate::tools::{self, ToolCall};
 
@@ -117,11 +118,11 @@ impl McpServer {
                         "{method} needs a session: send initialize first and then the Mcp-Session-Id header"
                     ))
                 })?;
-                let store = self.store().await?;
+                let memory = self.memory().await?;
                 if method == "resources/subscribe" {
-                    session.subscribe(&store);
+                    session.subscribe(&memory);
                 } else {
-                    session.unsubscribe(&store);
+                    session.unsubscribe(&memory);
                 }
                 Ok(json!({}))
             }
@@ -139,10 +140,7 @@ impl McpServer {
 
     async fn read_resource(&self, params: &Value) -> Result<Answer, RpcError> {
         graph_uri(params)?;
-        let store = self.store().await?;
-        tokio::task::spawn_blocking(move || tools::read_resource(&store))
-            .await
-            .map_err(|e| RpcError::internal(format!("read panicked: {e}")))?
+        tools::read_resource(self.memory().await?).await
     }
 
     async fn call_tool(&self, params: &Value) -> Result<Answer, RpcError> {
@@ -160,15 +158,28 @@ impl McpServer {
             Ok(call) => call,
             Err(error_result) => return Ok(error_result),
         };
-        match self.router.current_store().await {
-            Ok(store) => tools::run(call, store).await,
-            Err(e) => Ok(store_error_result(&e)),
+        match self.router.current_memory().await {
+            Ok(memory) => tools::run(call, memory).await,
+            Err(MemoryError::Store(e)) => Ok(store_error_result(&e)),
+            Err(MemoryError::Postgres(e)) => Err(database_error(&e)),
         }
     }
 
-    async fn store(&self) -> Result<Arc<Store>, RpcError> {
-        self.router.current_store().await.map_err(|e| RpcError::internal(e.to_string()))
+    /// The current request's memory; a store that cannot be opened or a database that
+    /// cannot be reached is an internal error naming it.
+    pub async fn memory(&self) -> Result<Memory, RpcError> {
+        self.router.current_memory().await.map_err(|e| match e {
+            MemoryError::Postgres(e) => database_error(&e),
+            e => RpcError::internal(e.to_string()),
+        })
     }
+}
+
+/// PostgreSQL unreachable (or refusing): a JSON-RPC error naming the database, so the
+/// client sees the outage as such rather than as a tool's failure.
+pub fn database_error(e: &crate::postgres::PgError) -> RpcError {
+    tracing::warn!(error = %e, "PostgreSQL request failed");
+    RpcError::internal(e.to_string())
 }
 
 fn graph_uri(params: &Value) -> Result<(), RpcError> {

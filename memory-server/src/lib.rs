@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod dispatch;
+mod memory;
+pub mod postgres;
 pub mod project;
 mod projects;
 mod protocol;

@@ -4,11 +4,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use tokio::runtime::Runtime;
 
 use memory_server::config::{
-    BackupArgs, Cli, CommandArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, StdioArgs, global_db_path,
+    BackupArgs, Cli, CommandArgs, CopyArgs, DaemonConfig, DbChoice, ExportArgs, ImportArgs, StdioArgs, global_db_path,
 };
 use memory_server::dispatch::McpServer;
+use memory_server::postgres::ProjectKey;
 use memory_server::project::ProjectPath;
 use memory_server::routing::Router;
 use memory_server::store::registry::StoreLimits;
@@ -27,9 +29,10 @@ fn main() -> ExitCode {
         None => run_serve(&runtime, &cli.serve),
         Some(CommandArgs::Serve(args)) => run_serve(&runtime, &args),
         Some(CommandArgs::Stdio(args)) => runtime.block_on(run_stdio(&args)).map_err(Failure::from),
-        Some(CommandArgs::Import(args)) => run_import(&args).map_err(Failure::from),
-        Some(CommandArgs::Export(args)) => run_export(&args).map_err(Failure::from),
-        Some(CommandArgs::Backup(args)) => run_backup(&args).map_err(Failure::from),
+        Some(CommandArgs::Import(args)) => run_import(&runtime, &args).map_err(Failure::from),
+        Some(CommandArgs::Export(args)) => run_export(&runtime, &args).map_err(Failure::from),
+        Some(CommandArgs::Backup(args)) => run_backup(&runtime, &args).map_err(Failure::from),
+        Some(CommandArgs::Copy(args)) => run_copy(&runtime, &args).map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,7 +86,22 @@ fn transfer_db(choice: &DbChoice) -> Result<DbFile, String> {
     transfer::target_db(choice.project.as_deref(), choice.db.as_deref(), global)
 }
 
-fn run_import(args: &ImportArgs) -> Result<(), String> {
+/// `--project-id` of a transfer command (the global memory without it).
+fn project_key(id: Option<&str>) -> Result<ProjectKey, String> {
+    match id {
+        Some(id) => ProjectKey::new("--project-id", id.to_owned()).map_err(|e| e.to_string()),
+        None => Ok(ProjectKey::global()),
+    }
+}
+
+fn run_import(runtime: &Runtime, args: &ImportArgs) -> Result<(), String> {
+    if let Some(url) = &args.target.database {
+        let key = project_key(args.target.project_id.as_deref())?;
+        let report =
+            runtime.block_on(transfer::import_to_database(url, &key, &args.file)).map_err(|e| e.to_string())?;
+        println!("imported {} into project {key}: {report}", args.file.display());
+        return Ok(());
+    }
     let db = transfer_db(&args.target)?;
     let store = Store::open_file(&db).map_err(|e| e.to_string())?;
     let report = transfer::import(&store, &args.file).map_err(|e| e.to_string())?;
@@ -91,27 +109,57 @@ fn run_import(args: &ImportArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_export(args: &ExportArgs) -> Result<(), String> {
-    let db = transfer_db(&args.target)?;
-    if !db.path().exists() {
-        return Err(format!("{}: no such database", db.path().display()));
-    }
-    let store = Store::open_file(&db).map_err(|e| e.to_string())?;
+fn run_export(runtime: &Runtime, args: &ExportArgs) -> Result<(), String> {
+    let write = |out: &mut dyn std::io::Write| -> Result<(), String> {
+        match &args.target.database {
+            Some(url) => {
+                let key = project_key(args.target.project_id.as_deref())?;
+                runtime.block_on(transfer::export_from_database(url, &key, out)).map_err(|e| e.to_string())
+            }
+            None => {
+                let db = transfer_db(&args.target)?;
+                if !db.path().exists() {
+                    return Err(format!("{}: no such database", db.path().display()));
+                }
+                let store = Store::open_file(&db).map_err(|e| e.to_string())?;
+                transfer::export(&store, out).map_err(|e| e.to_string())
+            }
+        }
+    };
     match &args.output {
         Some(path) => {
             let tmp = path.with_extension("partial");
             let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            transfer::export(&store, &mut file).map_err(|e| e.to_string())?;
+            if let Err(e) = write(&mut file) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
         }
-        None => transfer::export(&store, &mut std::io::stdout().lock()).map_err(|e| e.to_string()),
+        None => write(&mut std::io::stdout().lock()),
     }
 }
 
-fn run_backup(args: &BackupArgs) -> Result<(), String> {
+fn run_backup(runtime: &Runtime, args: &BackupArgs) -> Result<(), String> {
+    if let Some(url) = &args.target.database {
+        let key = project_key(args.target.project_id.as_deref())?;
+        let report =
+            runtime.block_on(transfer::backup_from_database(url, &key, &args.output)).map_err(|e| e.to_string())?;
+        eprintln!("memory-server: backed up project {key} to {}: {report}", args.output.display());
+        return Ok(());
+    }
     let db = transfer_db(&args.target)?;
     transfer::backup(db.path(), &args.output).map_err(|e| e.to_string())?;
     eprintln!("memory-server: backed up {} to {}", db.path().display(), args.output.display());
+    Ok(())
+}
+
+fn run_copy(runtime: &Runtime, args: &CopyArgs) -> Result<(), String> {
+    let key = project_key(args.project_id.as_deref())?;
+    let report = runtime
+        .block_on(transfer::copy_to_database(&args.from_db, &args.to_database, &key))
+        .map_err(|e| e.to_string())?;
+    println!("copied {} into project {key}: {report}", args.from_db.display());
     Ok(())
 }
 

@@ -31,8 +31,7 @@ impl ProjectPath {
     /// Parses a header value: percent-decoded as UTF-8 when it holds `%XX` sequences,
     /// otherwise taken as is.
     pub fn from_header(raw: &[u8]) -> Result<ProjectPath, ProjectPathError> {
-        let decoded: Vec<u8> = if has_percent_escape(raw) { percent_decode(raw).collect() } else { raw.to_vec() };
-        let text = String::from_utf8(decoded).map_err(|_| ProjectPathError::NotUtf8)?;
+        let text = String::from_utf8(percent_decoded(raw)).map_err(|_| ProjectPathError::NotUtf8)?;
         Self::from_dir(&text)
     }
 
@@ -59,6 +58,12 @@ impl ProjectPath {
     pub fn as_path(&self) -> &Path {
         &self.0
     }
+}
+
+/// A header value percent-decoded when it holds `%XX` sequences, otherwise as is: the
+/// proxy encodes project headers, other clients may send them raw.
+pub fn percent_decoded(raw: &[u8]) -> Vec<u8> {
+    if has_percent_escape(raw) { percent_decode(raw).collect() } else { raw.to_vec() }
 }
 
 fn has_percent_escape(raw: &[u8]) -> bool {

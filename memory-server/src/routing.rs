@@ -11,9 +11,11 @@ use std::sync::Arc;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
+use crate::memory::{Memory, MemoryError};
+use crate::postgres::Database;
 use crate::project::ProjectPath;
 use crate::projects::ProjectsList;
-use crate::scope::current_project;
+use crate::scope::{current_key, current_project};
 use crate::store::registry::{StoreLimits, StoreRegistry};
 use crate::store::{DbFile, Store, StoreError, effective_uid};
 
@@ -50,13 +52,22 @@ pub struct Router {
     kept_dir: PathBuf,
     /// The projects served, for the graph browser (the daemon's; none in stdio mode).
     projects: Option<Arc<ProjectsList>>,
+    /// With `--database`: every project's memory is in this PostgreSQL database, keyed
+    /// as the request names it, and no SQLite file is opened.
+    team: Option<Arc<Database>>,
 }
 
 impl Router {
     pub fn new(global_db: PathBuf, limits: StoreLimits) -> Self {
         let data_dir = global_db.parent().map(Path::to_owned).unwrap_or_default();
         let kept_dir = canonical_prefix(&data_dir.join(PROJECTS_MEMORY_DIR));
-        Self { stores: StoreRegistry::new(limits), global: DbFile::configured(global_db), kept_dir, projects: None }
+        Self {
+            stores: StoreRegistry::new(limits),
+            global: DbFile::configured(global_db),
+            kept_dir,
+            projects: None,
+            team: None,
+        }
     }
 
     /// A router that notes every project it serves, and every change its stores
@@ -65,6 +76,30 @@ impl Router {
         let noted = projects.clone();
         let stores = StoreRegistry::with_change_hook(limits, Arc::new(move |db: &Path| noted.note_write(db)));
         Self { stores, projects: Some(projects), ..Self::new(global_db, limits) }
+    }
+
+    /// A router that keeps every project in the PostgreSQL database `team`.
+    pub fn with_database(global_db: PathBuf, limits: StoreLimits, team: Arc<Database>) -> Self {
+        Self { team: Some(team), ..Self::new(global_db, limits) }
+    }
+
+    /// Whether projects are keys in PostgreSQL (`Mcp-Project-Id`) rather than directories.
+    pub fn keeps_projects_by_key(&self) -> bool {
+        self.team.is_some()
+    }
+
+    /// The PostgreSQL database, with `--database`.
+    pub fn database(&self) -> Option<&Arc<Database>> {
+        self.team.as_ref()
+    }
+
+    /// The memory of the current request's project (see `scope`): its SQLite store, or
+    /// its project in PostgreSQL.
+    pub async fn current_memory(&self) -> Result<Memory, MemoryError> {
+        match &self.team {
+            Some(db) => Ok(Memory::Postgres(db.project(&current_key().unwrap_or_default()).await?)),
+            None => Ok(Memory::Sqlite(self.current_store().await?)),
+        }
     }
 
     /// The projects served, when this router keeps them.

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::postgres::ProjectKey;
 use crate::project::ProjectPath;
 
 #[derive(Clone, Default)]
 struct RequestScope {
     /// `None`: the global database.
     project: Option<ProjectPath>,
+    /// With PostgreSQL (`--database`), the project as the request names it instead (no
+    /// file-system access); `None`: the global memory.
+    key: Option<ProjectKey>,
     /// Raised when the request is dropped unfinished (see [`cancellable`]).
     cancel: Option<Arc<AtomicBool>>,
 }
@@ -21,7 +25,12 @@ tokio::task_local! {
 
 /// Runs `fut` as a request on `project`.
 pub async fn with_project<F: Future>(project: Option<ProjectPath>, fut: F) -> F::Output {
-    SCOPE.scope(RequestScope { project, cancel: None }, fut).await
+    SCOPE.scope(RequestScope { project, key: None, cancel: None }, fut).await
+}
+
+/// Runs `fut` as a request on the PostgreSQL project `key`.
+pub async fn with_project_key<F: Future>(key: Option<ProjectKey>, fut: F) -> F::Output {
+    SCOPE.scope(RequestScope { project: None, key, cancel: None }, fut).await
 }
 
 /// Runs `fut` (within the current request's project) so that dropping it cancels the
@@ -29,13 +38,34 @@ pub async fn with_project<F: Future>(project: Option<ProjectPath>, fut: F) -> F:
 /// `tools::run`). For the revision 2026-07-28, whose clients cancel by closing the
 /// response stream.
 pub async fn cancellable<F: Future>(fut: F) -> F::Output {
-    let scope = RequestScope { project: current_project(), cancel: Some(Arc::new(AtomicBool::new(false))) };
+    let scope =
+        RequestScope { project: current_project(), key: current_key(), cancel: Some(Arc::new(AtomicBool::new(false))) };
     SCOPE.scope(scope, fut).await
 }
 
 /// The current request's project; `None` outside a request or for the global database.
 pub fn current_project() -> Option<ProjectPath> {
     SCOPE.try_with(|s| s.project.clone()).ok().flatten()
+}
+
+/// The current request's scope, captured to run more of its work in it: a spawned task
+/// or a streamed body does not inherit the task-local.
+#[derive(Clone, Default)]
+pub struct Captured(RequestScope);
+
+pub fn capture() -> Captured {
+    Captured(SCOPE.try_with(RequestScope::clone).unwrap_or_default())
+}
+
+/// Runs `fut` in a captured scope.
+pub async fn within<F: Future>(scope: Captured, fut: F) -> F::Output {
+    SCOPE.scope(scope.0, fut).await
+}
+
+/// The current request's PostgreSQL project; `None` outside a request or for the
+/// global memory.
+pub fn current_key() -> Option<ProjectKey> {
+    SCOPE.try_with(|s| s.key.clone()).ok().flatten()
 }
 
 /// The current request's cancellation flag, inside [`cancellable`].

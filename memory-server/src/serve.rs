@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
+use crate::postgres::{Database, PgError};
 use crate::projects::ProjectsList;
 use crate::routing::Router;
 use crate::transport::http::{AppState, app};
@@ -38,6 +39,8 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("server failed: {0}")]
     Io(std::io::Error),
+    #[error("{0}")]
+    Database(PgError),
 }
 
 /// File descriptors an open store takes: the writer, the probe and two idle readers
@@ -67,7 +70,16 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
         .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
 
     let projects = Arc::new(ProjectsList::load(config.runtime_dir.as_deref(), &config.global_db));
-    let router = Router::with_projects(config.global_db.clone(), config.stores, projects.clone());
+    let router = match &config.database {
+        // Team memory: every project in PostgreSQL; the graph browser's projects list
+        // (SQLite files) is not kept.
+        Some(url) => Router::with_database(
+            config.global_db.clone(),
+            config.stores,
+            Database::open(url.clone()).await.map_err(ServeError::Database)?,
+        ),
+        None => Router::with_projects(config.global_db.clone(), config.stores, projects.clone()),
+    };
     let server = Arc::new(McpServer::new(router, config.session_idle));
     let saver = tokio::spawn(projects.clone().keep_saved(server.shutdown.clone()));
     let sweepers = [
@@ -80,7 +92,14 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
             move || server.router.registry().close_idle()
         }),
     ];
-    tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on {scheme}://{}/mcp", config.addr);
+    match server.router.database() {
+        Some(db) => {
+            tracing::info!(addr = %config.addr, database = db.shown(), "memory-server listening on {scheme}://{}/mcp", config.addr)
+        }
+        None => {
+            tracing::info!(addr = %config.addr, global_db = %config.global_db.display(), "memory-server listening on {scheme}://{}/mcp", config.addr)
+        }
+    }
     tracing::info!("graph browser: {scheme}://{}/ui", config.addr);
     if config.same_user_only() {
         let uid = loopback_guard::peer::own_uid();
@@ -118,6 +137,9 @@ pub async fn serve(mut config: DaemonConfig) -> Result<(), ServeError> {
     // Every store's background work is joined before its final index update and
     // checkpoint, so nothing writes to a file after it was folded back.
     server.router.registry().close_all().await;
+    if let Some(db) = server.router.database() {
+        db.close();
+    }
     // The shutdown token ended the saving loop; the last writes' times are saved here.
     let _ = saver.await;
     let _ = tokio::task::spawn_blocking(move || projects.save_logged()).await;

@@ -3,7 +3,6 @@
 //! sender and its resource subscriptions (one forwarding task per subscribed store).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -15,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::memory::{Memory, MemoryId};
 use crate::protocol::notification;
-use crate::store::Store;
 
 /// Live sessions kept at most; beyond it the longest-idle one is dropped.
 pub const MAX_SESSIONS: usize = 4096;
@@ -32,7 +31,7 @@ pub struct Session {
     last_activity: AtomicU64,
     open_streams: AtomicUsize,
     outbound: Mutex<Option<mpsc::Sender<Value>>>,
-    subscriptions: Mutex<HashMap<PathBuf, JoinHandle<()>>>,
+    subscriptions: Mutex<HashMap<MemoryId, JoinHandle<()>>>,
 }
 
 impl Session {
@@ -64,9 +63,9 @@ impl Session {
 
     /// Sends `notifications/resources/updated` to this session after every change in
     /// `store`, until unsubscribed or the session ends.
-    pub fn subscribe(self: &Arc<Self>, store: &Arc<Store>) {
-        let mut changes = store.subscribe_changes();
-        store.watch_outside_writes();
+    pub fn subscribe(self: &Arc<Self>, memory: &Memory) {
+        let mut changes = memory.changes();
+        memory.watch_outside_writes();
         let weak: Weak<Session> = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             loop {
@@ -79,14 +78,14 @@ impl Session {
             }
         });
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = subs.insert(store.path().to_owned(), task) {
+        if let Some(old) = subs.insert(memory.id(), task) {
             old.abort();
         }
     }
 
-    pub fn unsubscribe(&self, store: &Store) {
+    pub fn unsubscribe(&self, memory: &Memory) {
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = subs.remove(store.path()) {
+        if let Some(task) = subs.remove(&memory.id()) {
             task.abort();
         }
     }

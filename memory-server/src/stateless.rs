@@ -205,9 +205,9 @@ impl McpServer {
         let mut agreed = Map::new();
         let changes = if wanted {
             agreed.insert("resourceSubscriptions".into(), json!([GRAPH_RESOURCE_URI]));
-            let rx = self.router.subscribe_current();
-            let store = self.router.current_store().await.map_err(|e| RpcError::internal(e.to_string()))?;
-            store.watch_outside_writes();
+            let memory = self.memory().await?;
+            let rx = memory.changes();
+            memory.watch_outside_writes();
             Some(rx)
         } else {
             None

@@ -6,10 +6,12 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use serde::Deserialize;
 
+use crate::postgres::{self, Database, DatabaseUrl, PgError, Project, ProjectKey};
 use crate::project::ProjectPath;
 use crate::routing::Router;
 use crate::store::model::{Entity, KnowledgeGraph, Relation};
@@ -20,6 +22,8 @@ use crate::store::{DbFile, Store, StoreError};
 pub enum TransferError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{path}:{line}: {message}; nothing was imported")]
@@ -78,70 +82,76 @@ enum Record {
 /// observations and relations added without duplicates. The file is streamed line by
 /// line; a malformed line aborts with its number and nothing is imported.
 pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError> {
-    let shown = file.display().to_string();
-    let io = |source| TransferError::Io { path: shown.clone(), source };
     let sqlite = |source| TransferError::Sqlite { path: store.path().display().to_string(), source };
-    let mut reader = BufReader::new(File::open(file).map_err(io)?);
-
     store.with_writer(|conn| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite)?;
         let deferred = DeferredIndex::begin(&tx).map_err(sqlite)?;
         let mut importer = Importer::new(&tx).map_err(sqlite)?;
-        let mut line = String::new();
-        let mut number = 0;
-        let mut legacy: Option<String> = None;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).map_err(io)? == 0 {
-                break;
-            }
-            number += 1;
-            if let Some(buffer) = legacy.as_mut() {
-                buffer.push_str(&line);
-                continue;
-            }
-            let text = line.trim();
-            if text.is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Record>(text) {
-                Ok(record) => importer.add(record).map_err(sqlite)?,
-                // The legacy format: one JSON object {entities, relations}, maybe pretty-printed.
-                Err(_) if importer.is_empty() && text.starts_with('{') && !text.contains("\"type\"") => {
-                    legacy = Some(line.clone());
-                }
-                Err(e) => {
-                    return Err(TransferError::Malformed {
-                        path: shown.clone(),
-                        line: number,
-                        message: without_position(&e),
-                    });
-                }
-            }
-        }
-        if let Some(whole) = legacy {
-            let graph: KnowledgeGraph = serde_json::from_str(&whole).map_err(|e| TransferError::Malformed {
-                path: shown.clone(),
-                line: e.line(),
-                message: e.to_string(),
-            })?;
-            for e in graph.entities {
-                importer
-                    .add(Record::Entity { name: e.name, entity_type: e.entity_type, observations: e.observations })
-                    .map_err(sqlite)?;
-            }
-            for r in graph.relations {
-                importer
-                    .add(Record::Relation { from: r.from, to: r.to, relation_type: r.relation_type })
-                    .map_err(sqlite)?;
-            }
-        }
+        read_records(file, |record| importer.add(record).map_err(sqlite))?;
         let report = importer.report;
         drop(importer);
         deferred.finish(&tx).map_err(sqlite)?;
         tx.commit().map_err(sqlite)?;
         Ok(report)
     })
+}
+
+/// Reads the official server's JSONL `file` (or its legacy single-object `memory.json`)
+/// record by record into `add`; a malformed line fails naming its number.
+fn read_records(file: &Path, mut add: impl FnMut(Record) -> Result<(), TransferError>) -> Result<(), TransferError> {
+    let shown = file.display().to_string();
+    let io = |source| TransferError::Io { path: shown.clone(), source };
+    let mut reader = BufReader::new(File::open(file).map_err(io)?);
+    let mut line = String::new();
+    let mut number = 0;
+    let mut added = 0usize;
+    let mut legacy: Option<String> = None;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            break;
+        }
+        number += 1;
+        if let Some(buffer) = legacy.as_mut() {
+            buffer.push_str(&line);
+            continue;
+        }
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(text) {
+            Ok(record) => {
+                added += 1;
+                add(record)?
+            }
+            // The legacy format: one JSON object {entities, relations}, maybe pretty-printed.
+            Err(_) if added == 0 && text.starts_with('{') && !text.contains("\"type\"") => {
+                legacy = Some(line.clone());
+            }
+            Err(e) => {
+                return Err(TransferError::Malformed {
+                    path: shown.clone(),
+                    line: number,
+                    message: without_position(&e),
+                });
+            }
+        }
+    }
+    if let Some(whole) = legacy {
+        let graph: KnowledgeGraph = serde_json::from_str(&whole).map_err(|e| TransferError::Malformed {
+            path: shown.clone(),
+            line: e.line(),
+            message: e.to_string(),
+        })?;
+        for e in graph.entities {
+            add(Record::Entity { name: e.name, entity_type: e.entity_type, observations: e.observations })?;
+        }
+        for r in graph.relations {
+            add(Record::Relation { from: r.from, to: r.to, relation_type: r.relation_type })?;
+        }
+    }
+    Ok(())
 }
 
 /// Noting every imported row for re-indexing (what the insert triggers do) and then
@@ -216,10 +226,6 @@ impl<'c> Importer<'c> {
         })
     }
 
-    fn is_empty(&self) -> bool {
-        self.report == ImportReport::default()
-    }
-
     fn add(&mut self, record: Record) -> rusqlite::Result<()> {
         let r = &mut self.report;
         match record {
@@ -273,12 +279,7 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<(), TransferError> {
                 )?;
                 let mut rows = stmt.query([])?;
                 let mut current: Option<Entity> = None;
-                let mut write_entity = |out: &mut BufWriter<&mut dyn Write>, e: Entity| {
-                    let json = serde_json::json!({
-                        "type": "entity", "name": e.name, "entityType": e.entity_type, "observations": e.observations,
-                    });
-                    line(out, json.to_string())
-                };
+                let mut write_entity = |out: &mut BufWriter<&mut dyn Write>, e: Entity| line(out, entity_line(&e));
                 while let Some(row) = rows.next()? {
                     let name: String = row.get(0)?;
                     if current.as_ref().is_none_or(|e| e.name != name) {
@@ -299,10 +300,7 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<(), TransferError> {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let r = Relation { from: row.get(0)?, to: row.get(1)?, relation_type: row.get(2)? };
-                let json = serde_json::json!({
-                    "type": "relation", "from": r.from, "to": r.to, "relationType": r.relation_type,
-                });
-                line(&mut out, json.to_string()).map_err(io_to_sqlite)?;
+                line(&mut out, relation_line(&r)).map_err(io_to_sqlite)?;
             }
             Ok(())
         })
@@ -311,6 +309,18 @@ pub fn export(store: &Store, out: &mut dyn Write) -> Result<(), TransferError> {
             e => TransferError::Store(e),
         })?;
     out.flush().map_err(io)
+}
+
+/// One entity as a line of the official JSONL.
+fn entity_line(e: &Entity) -> String {
+    serde_json::json!({
+        "type": "entity", "name": e.name, "entityType": e.entity_type, "observations": e.observations,
+    })
+    .to_string()
+}
+
+fn relation_line(r: &Relation) -> String {
+    serde_json::json!({ "type": "relation", "from": r.from, "to": r.to, "relationType": r.relation_type }).to_string()
 }
 
 /// serde's message without its " at line 1 column N" (the line is ours to report).
@@ -358,6 +368,130 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), TransferError> {
         path: db.display().to_string(),
         source: std::io::Error::new(std::io::ErrorKind::TimedOut, "database stayed busy for 10 s"),
     })
+}
+
+/// The project `key` of the PostgreSQL database at `url`, for a transfer command.
+async fn team_project(url: &str, key: &ProjectKey) -> Result<(Arc<Database>, Project), TransferError> {
+    let db = Database::open(DatabaseUrl::parse(url)?).await?;
+    let project = db.project(key).await?;
+    Ok((db, project))
+}
+
+/// `import --database`: merges `file` into the project in one transaction, as [`import`]
+/// merges into SQLite. The file is read whole first (a malformed line imports nothing).
+pub async fn import_to_database(url: &str, key: &ProjectKey, file: &Path) -> Result<ImportReport, TransferError> {
+    let mut graph = KnowledgeGraph::default();
+    read_records(file, |record| {
+        match record {
+            Record::Entity { name, entity_type, observations } => {
+                graph.entities.push(Entity { name, entity_type, observations })
+            }
+            Record::Relation { from, to, relation_type } => graph.relations.push(Relation { from, to, relation_type }),
+        }
+        Ok(())
+    })?;
+    let (db, project) = team_project(url, key).await?;
+    let report = project.write(&graph, |tx, id, g| Box::pin(postgres::import_graph(tx, id, g))).await;
+    db.close();
+    Ok(report?)
+}
+
+/// `export --database`: the project as the official JSONL, from one snapshot.
+pub async fn export_from_database(url: &str, key: &ProjectKey, out: &mut dyn Write) -> Result<(), TransferError> {
+    let (db, project) = team_project(url, key).await?;
+    let graph = project.read(&(), |tx, id, ()| Box::pin(postgres::read_graph(tx, id))).await;
+    db.close();
+    write_jsonl(&graph?, out)
+}
+
+fn write_jsonl(graph: &KnowledgeGraph, out: &mut dyn Write) -> Result<(), TransferError> {
+    let io = |source| TransferError::Io { path: "output".into(), source };
+    let mut out = BufWriter::new(out);
+    let lines = graph.entities.iter().map(entity_line).chain(graph.relations.iter().map(relation_line));
+    for (i, line) in lines.enumerate() {
+        if i > 0 {
+            out.write_all(b"\n").map_err(io)?;
+        }
+        out.write_all(line.as_bytes()).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+/// `backup --database`: the project, from one snapshot, into a new SQLite database at
+/// `dest` (which the daemon, `--db` and the Node server can all open).
+pub async fn backup_from_database(url: &str, key: &ProjectKey, dest: &Path) -> Result<ImportReport, TransferError> {
+    if dest.symlink_metadata().is_ok() {
+        return Err(TransferError::Io {
+            path: dest.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists already; give a new file"),
+        });
+    }
+    let (db, project) = team_project(url, key).await?;
+    let graph = project.read(&(), |tx, id, ()| Box::pin(postgres::read_graph(tx, id))).await;
+    db.close();
+    let graph = graph?;
+    let dest = dest.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let store = Store::open_file(&DbFile::configured(dest))?;
+        let sqlite = |source| TransferError::Sqlite { path: store.path().display().to_string(), source };
+        let report = store.with_writer(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite)?;
+            let mut importer = Importer::new(&tx).map_err(sqlite)?;
+            for e in &graph.entities {
+                let record = Record::Entity {
+                    name: e.name.clone(),
+                    entity_type: e.entity_type.clone(),
+                    observations: e.observations.clone(),
+                };
+                importer.add(record).map_err(sqlite)?;
+            }
+            for r in &graph.relations {
+                let record =
+                    Record::Relation { from: r.from.clone(), to: r.to.clone(), relation_type: r.relation_type.clone() };
+                importer.add(record).map_err(sqlite)?;
+            }
+            let report = importer.report;
+            drop(importer);
+            tx.commit().map_err(sqlite)?;
+            Ok::<_, TransferError>(report)
+        })?;
+        store.update_search_index()?;
+        Ok(report)
+    })
+    .await
+    .map_err(|e| TransferError::Io { path: "backup".into(), source: std::io::Error::other(e.to_string()) })?
+}
+
+/// `copy`: a SQLite database's graph (read, never changed) added to the project in one
+/// transaction; what is there already is skipped, so a second run adds nothing.
+pub async fn copy_to_database(from: &Path, url: &str, key: &ProjectKey) -> Result<ImportReport, TransferError> {
+    let sqlite = |source| TransferError::Sqlite { path: from.display().to_string(), source };
+    if !from.exists() {
+        return Err(TransferError::Io {
+            path: from.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such database"),
+        });
+    }
+    crate::store::check_regular_file(from)?;
+    let path = from.to_owned();
+    let graph = tokio::task::spawn_blocking(move || {
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch("BEGIN")?;
+        let graph = crate::store::graph::read_graph(&conn).map_err(|e| match e {
+            crate::store::GraphError::Sqlite(e) => e,
+            other => rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(other.to_string()))),
+        })?;
+        conn.execute_batch("COMMIT")?;
+        Ok::<_, rusqlite::Error>(graph)
+    })
+    .await
+    .map_err(|e| TransferError::Io { path: from.display().to_string(), source: std::io::Error::other(e.to_string()) })?
+    .map_err(sqlite)?;
+    let (db, project) = team_project(url, key).await?;
+    let report = project.write(&graph, |tx, id, g| Box::pin(postgres::import_graph(tx, id, g))).await;
+    db.close();
+    Ok(report?)
 }
 
 /// Which database a transfer command works on: `--db PATH`, the project's (where the

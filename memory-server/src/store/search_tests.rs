@@ -226,7 +226,7 @@ fn a_quick_search_over_stale_rows_repairs_them_off_the_async_worker() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let search = |q: &str| {
         let call = crate::tools::ToolCall::SearchNodes(q.into());
-        runtime.block_on(crate::tools::run(call, store.clone())).unwrap().into_value()
+        runtime.block_on(crate::tools::run(call, crate::memory::Memory::Sqlite(store.clone()))).unwrap().into_value()
     };
     // The first search counts the trigrams of "MÜLLER-X"; afterwards it plans cheaply.
     assert_eq!(search("müller-x")["structuredContent"]["entities"], serde_json::json!([]));

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field, strings};
 use super::{ToolError, commit, list};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::model::ObservationAddition;
 use crate::store::{Store, graph};
@@ -29,6 +30,12 @@ pub(super) async fn write(
     additions: Vec<ObservationAddition>,
 ) -> Result<Answer, ToolError> {
     let added = commit(store, small, cancel, move |c| graph::add_observations(c, &additions)).await?;
+    Ok(list("results", &added)?)
+}
+
+/// The same call against the team's PostgreSQL project.
+pub(super) async fn team(project: &Project, additions: Vec<ObservationAddition>) -> Result<Answer, ToolError> {
+    let added = project.write(&additions, |tx, id, a| Box::pin(postgres::add_observations(tx, id, a))).await?;
     Ok(list("results", &added)?)
 }
 

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field, strings};
 use super::{ToolError, commit, list};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::model::Entity;
 use crate::store::{Store, graph};
@@ -33,6 +34,12 @@ pub(super) async fn write(
     entities: Vec<Entity>,
 ) -> Result<Answer, ToolError> {
     let created = commit(store, small, cancel, move |c| graph::create_entities(c, &entities)).await?;
+    Ok(list("entities", &created)?)
+}
+
+/// The same call against the team's PostgreSQL project.
+pub(super) async fn team(project: &Project, entities: Vec<Entity>) -> Result<Answer, ToolError> {
+    let created = project.write(&entities, |tx, id, a| Box::pin(postgres::create_entities(tx, id, a))).await?;
     Ok(list("entities", &created)?)
 }
 

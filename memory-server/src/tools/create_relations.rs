@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field, relation};
 use super::{ToolError, commit, list};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::model::Relation;
 use crate::store::{Store, graph};
@@ -26,6 +27,12 @@ pub(super) async fn write(
     relations: Vec<Relation>,
 ) -> Result<Answer, ToolError> {
     let created = commit(store, small, cancel, move |c| graph::create_relations(c, &relations)).await?;
+    Ok(list("relations", &created)?)
+}
+
+/// The same call against the team's PostgreSQL project.
+pub(super) async fn team(project: &Project, relations: Vec<Relation>) -> Result<Answer, ToolError> {
+    let created = project.write(&relations, |tx, id, a| Box::pin(postgres::create_relations(tx, id, a))).await?;
     Ok(list("relations", &created)?)
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field, strings};
 use super::{ToolError, message};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::{Store, graph};
 
@@ -22,5 +23,10 @@ pub(super) async fn write(
     names: Vec<String>,
 ) -> Result<Answer, ToolError> {
     store.write_async(cancel, move |c| graph::delete_entities(c, &names)).await?;
+    Ok(message("Entities deleted successfully"))
+}
+/// The same call against the team's PostgreSQL project.
+pub(super) async fn team(project: &Project, names: Vec<String>) -> Result<Answer, ToolError> {
+    project.write(&names, |tx, id, a| Box::pin(postgres::delete_entities(tx, id, a))).await?;
     Ok(message("Entities deleted successfully"))
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field, strings};
 use super::{ToolError, message};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::model::ObservationDeletion;
 use crate::store::{Store, graph};
@@ -29,5 +30,10 @@ pub(super) async fn write(
     deletions: Vec<ObservationDeletion>,
 ) -> Result<Answer, ToolError> {
     store.write_async(cancel, move |c| graph::delete_observations(c, &deletions)).await?;
+    Ok(message("Observations deleted successfully"))
+}
+/// The same call against the team's PostgreSQL project.
+pub(super) async fn team(project: &Project, deletions: Vec<ObservationDeletion>) -> Result<Answer, ToolError> {
+    project.write(&deletions, |tx, id, a| Box::pin(postgres::delete_observations(tx, id, a))).await?;
     Ok(message("Observations deleted successfully"))
 }

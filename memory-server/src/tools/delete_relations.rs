@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field, relation};
 use super::{ToolError, message};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::model::Relation;
 use crate::store::{Store, graph};
@@ -23,5 +24,10 @@ pub(super) async fn write(
     relations: Vec<Relation>,
 ) -> Result<Answer, ToolError> {
     store.write_async(cancel, move |c| graph::delete_relations(c, &relations)).await?;
+    Ok(message("Relations deleted successfully"))
+}
+/// The same call against the team's PostgreSQL project.
+pub(super) async fn team(project: &Project, relations: Vec<Relation>) -> Result<Answer, ToolError> {
+    project.write(&relations, |tx, id, a| Box::pin(postgres::delete_relations(tx, id, a))).await?;
     Ok(message("Relations deleted successfully"))
 }

@@ -23,6 +23,8 @@ use mcp_wire::GRAPH_RESOURCE_URI;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::memory::Memory;
+use crate::postgres::{self, PgError, Project};
 use crate::protocol::{Answer, RawJson, RpcError};
 use crate::store::model::{Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation};
 use crate::store::{GraphError, Store, StoreError, graph};
@@ -57,11 +59,24 @@ pub fn resource_list() -> Value {
     }]})
 }
 
-/// The `resources/read` result for the graph resource, built once per committed state
-/// (see [`Store::read_cached`]). Blocks: call it from a blocking thread.
-pub fn read_resource(store: &Store) -> Result<Answer, RpcError> {
-    cached_graph_answer(store, "resources/read", |g| encode::resource_contents(GRAPH_RESOURCE_URI, g))
-        .map_err(|e| RpcError::internal(e.to_string()))
+/// The `resources/read` result for the graph resource: from SQLite built once per
+/// committed state (see [`Store::read_cached`]), on a blocking thread.
+pub async fn read_resource(memory: Memory) -> Result<Answer, RpcError> {
+    match memory {
+        Memory::Sqlite(store) => tokio::task::spawn_blocking(move || {
+            cached_graph_answer(&store, "resources/read", |g| encode::resource_contents(GRAPH_RESOURCE_URI, g))
+                .map_err(|e| RpcError::internal(e.to_string()))
+        })
+        .await
+        .map_err(|e| RpcError::internal(format!("read panicked: {e}")))?,
+        Memory::Postgres(project) => {
+            let graph = project
+                .read(&(), |tx, id, ()| Box::pin(postgres::read_graph(tx, id)))
+                .await
+                .map_err(|e| crate::dispatch::database_error(&e))?;
+            encode::resource_contents(GRAPH_RESOURCE_URI, &graph).map_err(|e| RpcError::internal(e.to_string()))
+        }
+    }
 }
 
 /// `encode` of the whole graph, built once per committed state under `key` (see
@@ -127,6 +142,22 @@ impl ToolCall {
             ToolCall::SearchNodes(query) => search_nodes::read(store, &query),
             ToolCall::OpenNodes(names) => open_nodes::read(store, names),
             write => Err(ToolError::NotARead(write.name())),
+        }
+    }
+
+    /// Runs the call against a project in PostgreSQL: reads in one snapshot, writes in
+    /// one transaction (dropping the future, as a cancelled request does, rolls it back).
+    async fn run_team(self, project: &Project) -> Result<Answer, ToolError> {
+        match self {
+            ToolCall::CreateEntities(entities) => create_entities::team(project, entities).await,
+            ToolCall::CreateRelations(relations) => create_relations::team(project, relations).await,
+            ToolCall::AddObservations(additions) => add_observations::team(project, additions).await,
+            ToolCall::DeleteEntities(names) => delete_entities::team(project, names).await,
+            ToolCall::DeleteObservations(deletions) => delete_observations::team(project, deletions).await,
+            ToolCall::DeleteRelations(relations) => delete_relations::team(project, relations).await,
+            ToolCall::ReadGraph => read_graph::team(project).await,
+            ToolCall::SearchNodes(query) => search_nodes::team(project, query).await,
+            ToolCall::OpenNodes(names) => open_nodes::team(project, names).await,
         }
     }
 
@@ -206,7 +237,12 @@ impl ToolCall {
 /// A tool's outcome as the model sees it: failures are `isError` results.
 fn outcome(result: Result<Answer, ToolError>) -> Answer {
     result.unwrap_or_else(|e| {
-        if !matches!(e, ToolError::Store(StoreError::Graph(GraphError::EntityNotFound(_)))) {
+        let expected = matches!(
+            e,
+            ToolError::Store(StoreError::Graph(GraphError::EntityNotFound(_)))
+                | ToolError::Team(PgError::EntityNotFound(_) | PgError::Nul(_))
+        );
+        if !expected {
             tracing::error!(error = %e, "tool call failed");
         }
         error_result(&e.to_string())
@@ -217,6 +253,8 @@ fn outcome(result: Result<Answer, ToolError>) -> Answer {
 enum ToolError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Team(#[from] PgError),
     #[error("could not encode the result: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("internal error: {0} was run as a read")]
@@ -225,9 +263,21 @@ enum ToolError {
     NotAWrite(&'static str),
 }
 
+/// Runs a parsed call against a project's memory. A PostgreSQL database that cannot be
+/// reached is a JSON-RPC error naming it (an outage, not the tool's failure).
+pub async fn run(call: ToolCall, memory: Memory) -> Result<Answer, RpcError> {
+    match memory {
+        Memory::Sqlite(store) => run_sqlite(call, store).await,
+        Memory::Postgres(project) => match call.run_team(&project).await {
+            Err(ToolError::Team(e)) if e.is_unavailable() => Err(crate::dispatch::database_error(&e)),
+            result => Ok(outcome(result)),
+        },
+    }
+}
+
 /// Runs a parsed call against `store`: a read on a blocking thread, a write in the
 /// store's queue of writes.
-pub async fn run(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> {
+async fn run_sqlite(call: ToolCall, store: Arc<Store>) -> Result<Answer, RpcError> {
     // A request that can be cancelled (2026-07-28, see `stateless::cancellable`) sets its
     // flag when this future is dropped; a queued write sees it before committing.
     let cancel = crate::scope::cancel_flag();

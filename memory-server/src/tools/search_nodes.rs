@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::args::{ArgError, Field};
 use super::{ToolError, graph_result};
+use crate::postgres::{self, Project};
 use crate::protocol::Answer;
 use crate::store::model::KnowledgeGraph;
 use crate::store::{GraphError, Store, StoreError, graph};
@@ -40,6 +41,12 @@ fn if_indexed(c: &rusqlite::Connection, store: &Store, query: &str) -> Result<Op
         return Ok(None);
     }
     graph::search_nodes_planned(c, query, store.trigram_counts()).map(Some)
+}
+
+/// The same call against the team's PostgreSQL project (its index is kept up to date by
+/// every write there).
+pub(super) async fn team(project: &Project, query: String) -> Result<Answer, ToolError> {
+    Ok(graph_result(&project.read(&query, |tx, id, a| Box::pin(postgres::search_nodes(tx, id, a))).await?)?)
 }
 
 #[cfg(test)]

@@ -17,19 +17,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use futures_util::stream::{self, Stream};
-use mcp_wire::{PROJECT_HEADER, SESSION_HEADER, VERSION_HEADER};
+use mcp_wire::{PROJECT_HEADER, PROJECT_ID_HEADER, SESSION_HEADER, VERSION_HEADER};
 use serde_json::{Value, json};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::guard::guard;
 use crate::config::DaemonConfig;
 use crate::dispatch::McpServer;
+use crate::postgres::ProjectKey;
 use crate::project::ProjectPath;
 use crate::protocol::{
     Answer, Incoming, Message, RequestId, RpcError, SESSION_VERSIONS, SHARED_RESULT_MIN, STATELESS_VERSION, code,
     error_response, parse_json, response, supported_version, version_allows_batch,
 };
-use crate::scope::{current_project, with_project};
+use crate::scope::{Captured, capture, with_project, with_project_key, within};
 use crate::session::{Session, StreamGuard};
 use crate::stateless::is_stateless;
 use crate::streams::{StreamKind, StreamPermit, TooManyStreams};
@@ -46,7 +47,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> AxumRouter {
     let mcp = AxumRouter::new()
         .route("/mcp", post(post_mcp).get(get_mcp).delete(delete_mcp))
-        .layer(middleware::from_fn(project_scope));
+        .layer(middleware::from_fn_with_state(state.clone(), project_scope));
     // Only a test build has a route that panics (for the layer that answers panics).
     #[cfg(test)]
     let mcp = mcp.route(tests::PANIC_PATH, get(tests::panic));
@@ -75,15 +76,30 @@ fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
     )
 }
 
-/// Parses `Mcp-Project-Path` once and runs the request inside its task-local scope.
-async fn project_scope(req: Request, next: Next) -> Response {
+/// Parses the project headers once and runs the request inside its task-local scope:
+/// `Mcp-Project-Path` as a directory of this machine, or with PostgreSQL (`--database`)
+/// `Mcp-Project-Id`, else `Mcp-Project-Path` as sent, as a key (no file-system access).
+async fn project_scope(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let bad = |e: &dyn std::fmt::Display| {
+        rpc_error_response(StatusCode::BAD_REQUEST, None, &RpcError::invalid_request(e.to_string()))
+    };
+    if st.server.router.keeps_projects_by_key() {
+        let headers = req.headers();
+        let key = match (headers.get(PROJECT_ID_HEADER), headers.get(PROJECT_HEADER)) {
+            (Some(id), _) => ProjectKey::from_header(PROJECT_ID_HEADER, id.as_bytes()),
+            (None, Some(path)) => ProjectKey::from_header(PROJECT_HEADER, path.as_bytes()),
+            (None, None) => return with_project_key(None, next.run(req)).await,
+        };
+        return match key {
+            Ok(key) => with_project_key(Some(key), next.run(req)).await,
+            Err(e) => bad(&e),
+        };
+    }
     let project = match req.headers().get(PROJECT_HEADER) {
         None => None,
         Some(raw) => match ProjectPath::from_header(raw.as_bytes()) {
             Ok(p) => Some(p),
-            Err(e) => {
-                return rpc_error_response(StatusCode::BAD_REQUEST, None, &RpcError::invalid_request(e.to_string()));
-            }
+            Err(e) => return bad(&e),
         },
     };
     with_project(project, next.run(req)).await
@@ -137,8 +153,7 @@ async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Result<B
                     RpcError::invalid_request(format!("Invalid request: protocol version {v} does not allow batches"));
                 return rpc_error_response(StatusCode::BAD_REQUEST, None, &e);
             }
-            post_batch(BatchRun { st, session, project: current_project(), messages: messages.into_iter() }, reply_as)
-                .await
+            post_batch(BatchRun { st, session, scope: capture(), messages: messages.into_iter() }, reply_as).await
         }
         Incoming::Single(value) => match Message::from_value(value) {
             Err((id, e)) => rpc_error_response(StatusCode::BAD_REQUEST, id.as_ref(), &e),
@@ -185,7 +200,7 @@ struct BatchRun {
     session: Option<Arc<Session>>,
     /// The body is polled outside the request's task-local scope, so each message runs
     /// inside it again.
-    project: Option<ProjectPath>,
+    scope: Captured,
     messages: std::vec::IntoIter<Bytes>,
 }
 
@@ -193,7 +208,7 @@ impl BatchRun {
     /// Runs messages until one answers (notifications do not); `None` once all have run.
     async fn next_reply(&mut self) -> Option<Answer> {
         for raw in self.messages.by_ref() {
-            let served = with_project(self.project.clone(), serve_raw(&self.st, self.session.as_ref(), &raw));
+            let served = within(self.scope.clone(), serve_raw(&self.st, self.session.as_ref(), &raw));
             if let Some(reply) = served.await {
                 return Some(reply);
             }
@@ -295,7 +310,7 @@ async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 async fn health(State(st): State<AppState>) -> Response {
-    axum::Json(json!({
+    let mut health = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": st.server.uptime().as_secs(),
@@ -305,8 +320,12 @@ async fn health(State(st): State<AppState>) -> Response {
         "listen_streams": st.server.streams.listen_count(),
         "event_streams": st.server.streams.open_count(),
         "global_db": st.server.router.global_db().display().to_string(),
-    }))
-    .into_response()
+    });
+    // With --database the memory is there (no password shown), not in `global_db`.
+    if let Some(db) = st.server.router.database() {
+        health["database"] = db.shown().into();
+    }
+    axum::Json(health).into_response()
 }
 
 fn lookup_session(st: &AppState, headers: &HeaderMap) -> Result<Option<Arc<Session>>, Response> {

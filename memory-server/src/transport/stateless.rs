@@ -61,9 +61,9 @@ pub(super) async fn post(
             // that closes the stream aborts the request (the revision's cancellation).
             let server = st.server.clone();
             // A spawned task does not inherit the request's task-local project.
-            let project = crate::scope::current_project();
-            let task = AbortOnDrop(tokio::spawn(crate::scope::with_project(
-                project,
+            let scope = crate::scope::capture();
+            let task = AbortOnDrop(tokio::spawn(crate::scope::within(
+                scope,
                 crate::scope::cancellable(async move {
                     let result = server.handle_stateless(&method, params).await;
                     reply(&id, result)

@@ -200,6 +200,8 @@ enum UiError {
     NoEntity(String),
     #[error("this server keeps no list of projects")]
     NoProjectsList,
+    #[error("the graph browser shows SQLite memories only; this daemon keeps its memory in PostgreSQL ({0})")]
+    TeamMemory(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -217,6 +219,7 @@ impl IntoResponse for UiError {
                 StatusCode::NOT_FOUND
             }
             UiError::Store(StoreError::Busy { .. }) | UiError::Streams(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UiError::TeamMemory(_) => StatusCode::NOT_IMPLEMENTED,
             UiError::NoProjectsList | UiError::Store(_) | UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -240,6 +243,9 @@ struct Target {
 type Params = Query<HashMap<String, String>>;
 
 fn projects_list(st: &AppState) -> Result<&Arc<ProjectsList>, UiError> {
+    if let Some(db) = st.server.router.database() {
+        return Err(UiError::TeamMemory(db.shown().to_owned()));
+    }
     st.server.router.projects().ok_or(UiError::NoProjectsList)
 }
 

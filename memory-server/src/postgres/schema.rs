@@ -1,0 +1,99 @@
+//! The PostgreSQL schema, created and migrated by the daemon: numbered steps applied in
+//! one transaction under an advisory lock (several daemons may start at once), the
+//! version kept in `memory_schema`; a database with a newer version is refused.
+
+use deadpool_postgres::Object;
+
+use super::PgError;
+
+/// The migrations, in order; the schema's version is their number. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: projects, the three graph tables and their indexes. Rows are ordered by their
+    // identity ids (insertion order, as SQLite's rowids). Uniqueness is on SHA-256 keys
+    // computed by the daemon (`graph::hash`), since b-tree entries over ~2.7 kB are
+    // refused and names and observations have no length limit. The `_lc` columns hold the
+    // text lower-cased as JavaScript does (by the daemon, not by PostgreSQL's locale), and
+    // trigram GIN indexes over them, with the project first (btree_gin), answer the
+    // substring search within one project.
+    "CREATE EXTENSION IF NOT EXISTS pg_trgm;
+     CREATE EXTENSION IF NOT EXISTS btree_gin;
+     CREATE TABLE memory_projects (
+         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         key text NOT NULL,
+         key_hash bytea NOT NULL UNIQUE,
+         created_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE TABLE memory_entities (
+         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         project_id bigint NOT NULL REFERENCES memory_projects (id),
+         name text NOT NULL,
+         name_hash bytea NOT NULL,
+         entity_type text NOT NULL,
+         name_lc text NOT NULL,
+         type_lc text NOT NULL,
+         UNIQUE (project_id, name_hash)
+     );
+     CREATE INDEX memory_entities_order ON memory_entities (project_id, id);
+     CREATE INDEX memory_entities_search ON memory_entities
+         USING gin (project_id, name_lc gin_trgm_ops, type_lc gin_trgm_ops);
+     CREATE TABLE memory_observations (
+         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         project_id bigint NOT NULL REFERENCES memory_projects (id),
+         entity_name text NOT NULL,
+         entity_hash bytea NOT NULL,
+         content text NOT NULL,
+         content_hash bytea NOT NULL,
+         content_lc text NOT NULL,
+         UNIQUE (project_id, entity_hash, content_hash)
+     );
+     CREATE INDEX memory_observations_order ON memory_observations (project_id, id);
+     CREATE INDEX memory_observations_search ON memory_observations
+         USING gin (project_id, content_lc gin_trgm_ops);
+     CREATE TABLE memory_relations (
+         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         project_id bigint NOT NULL REFERENCES memory_projects (id),
+         from_entity text NOT NULL,
+         from_hash bytea NOT NULL,
+         to_entity text NOT NULL,
+         to_hash bytea NOT NULL,
+         relation_type text NOT NULL,
+         type_hash bytea NOT NULL,
+         UNIQUE (project_id, from_hash, to_hash, type_hash)
+     );
+     CREATE INDEX memory_relations_order ON memory_relations (project_id, id);
+     CREATE INDEX memory_relations_to ON memory_relations (project_id, to_hash);",
+];
+
+/// The schema version this daemon writes.
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// A fixed advisory lock key (`memory-server` in ASCII, truncated): daemons starting at
+/// once migrate one after another.
+const MIGRATION_LOCK: i64 = 0x6d656d6f72792d73;
+
+/// Brings the schema to [`VERSION`], or refuses a newer one. The outer `Result` is the
+/// driver's, the inner one the daemon's verdict.
+pub async fn migrate(client: &mut Object, db: &str) -> Result<Result<(), PgError>, tokio_postgres::Error> {
+    let encoding: String = client.query_one("SHOW server_encoding", &[]).await?.get(0);
+    if encoding != "UTF8" {
+        return Ok(Err(PgError::Encoding { db: db.to_owned(), found: encoding }));
+    }
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS memory_schema (version integer NOT NULL)").await?;
+    let found: Option<i32> = tx.query_opt("SELECT max(version) FROM memory_schema", &[]).await?.and_then(|r| r.get(0));
+    let found = found.unwrap_or(0);
+    if found > VERSION {
+        return Ok(Err(PgError::NewerSchema { db: db.to_owned(), found, ours: VERSION }));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(step).await?;
+        tracing::info!(db, version = i + 1, "PostgreSQL schema migrated");
+    }
+    if found < VERSION {
+        tx.execute("DELETE FROM memory_schema", &[]).await?;
+        tx.execute("INSERT INTO memory_schema (version) VALUES ($1)", &[&VERSION]).await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(()))
+}
