@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 pub mod curl;
 pub mod node;
+pub mod postgres;
 pub mod python;
 pub mod rmcp_client;
 
