@@ -11,6 +11,8 @@ use std::path::Path;
 
 use common::fake::Fake;
 use common::{Proxy, ProxyEnv};
+use e2e::Daemon;
+use e2e::postgres::TestPostgres;
 use serde_json::json;
 
 /// Runs `git` in `dir` with a configuration of its own (no user or system file can
@@ -101,4 +103,52 @@ async fn clones_share_an_id_and_different_repositories_do_not() {
     assert_eq!(none, None);
 
     assert!(fake.project_ids().iter().all(|(_, id)| !id.as_deref().unwrap_or_default().contains("s3cret")));
+}
+
+async fn call(proxy: &mut Proxy, id: u64, name: &str, args: serde_json::Value) -> serde_json::Value {
+    proxy.request(id, "tools/call", json!({"name": name, "arguments": args})).await
+}
+
+/// The whole chain of issue 18 item 2: proxies in two clones of one repository, at
+/// different paths, reach a memory-server on PostgreSQL and share one memory; a proxy in
+/// another repository sees none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_share_one_memory_on_a_team_daemon() {
+    let pg = TestPostgres::start();
+    let pe = ProxyEnv::bare();
+    let team = Daemon::start(&pe.env, &["--database", &pg.url()]);
+    pe.write_config(&format!("[daemons.team]\nurl = \"{}\"\nproject_id = \"git-remote\"\n", team.url()));
+    let base = pe.env.dir.path().join("clones");
+    let (a, b, other) = (base.join("alice/repo"), base.join("bob/checkout"), base.join("alice/other"));
+    repository(&a, Some("git@github.com:org/repo.git"));
+    repository(&b, Some("https://github.com/org/repo"));
+    repository(&other, Some("https://github.com/org/other.git"));
+
+    let mut alice = Proxy::spawn(pe.command("team", &a, &[]), "team");
+    alice.initialize().await;
+    let created = call(
+        &mut alice,
+        1,
+        "create_entities",
+        json!({"entities":[{"name":"decision","entityType":"adr","observations":["use PostgreSQL"]}]}),
+    )
+    .await;
+    assert_eq!(created["result"]["structuredContent"]["entities"][0]["name"], "decision", "{created}");
+
+    let mut bob = Proxy::spawn(pe.command("team", &b, &[]), "team");
+    bob.initialize().await;
+    let seen = call(&mut bob, 1, "search_nodes", json!({"query":"postgresql"})).await;
+    assert_eq!(
+        seen["result"]["structuredContent"]["entities"][0]["observations"],
+        json!(["use PostgreSQL"]),
+        "the other clone sees the memory: {seen}"
+    );
+    let mut carol = Proxy::spawn(pe.command("team", &other, &[]), "team");
+    carol.initialize().await;
+    let seen = call(&mut carol, 1, "read_graph", json!({})).await;
+    assert_eq!(seen["result"]["structuredContent"]["entities"], json!([]), "another repository: {seen}");
+    assert_eq!(pg.psql("SELECT key FROM memory_projects ORDER BY id"), "github.com/org/repo\ngithub.com/org/other");
+    for p in [&alice, &bob, &carol] {
+        p.assert_protocol_only();
+    }
 }

@@ -80,8 +80,13 @@ pub async fn migrate(client: &mut Object, db: &str) -> Result<Result<(), PgError
     }
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS memory_schema (version integer NOT NULL)").await?;
-    let found: Option<i32> = tx.query_opt("SELECT max(version) FROM memory_schema", &[]).await?.and_then(|r| r.get(0));
+    // Asked rather than `CREATE TABLE IF NOT EXISTS`, whose notice would be logged at
+    // every start.
+    let exists: bool = tx.query_one("SELECT to_regclass('memory_schema') IS NOT NULL", &[]).await?.get(0);
+    if !exists {
+        tx.batch_execute("CREATE TABLE memory_schema (version integer NOT NULL)").await?;
+    }
+    let found: Option<i32> = tx.query_one("SELECT max(version) FROM memory_schema", &[]).await?.get(0);
     let found = found.unwrap_or(0);
     if found > VERSION {
         return Ok(Err(PgError::NewerSchema { db: db.to_owned(), found, ours: VERSION }));

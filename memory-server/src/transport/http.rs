@@ -86,8 +86,8 @@ async fn project_scope(State(st): State<AppState>, req: Request, next: Next) -> 
     if st.server.router.keeps_projects_by_key() {
         let headers = req.headers();
         let key = match (headers.get(PROJECT_ID_HEADER), headers.get(PROJECT_HEADER)) {
-            (Some(id), _) => ProjectKey::from_header(PROJECT_ID_HEADER, id.as_bytes()),
-            (None, Some(path)) => ProjectKey::from_header(PROJECT_HEADER, path.as_bytes()),
+            (Some(id), _) => ProjectKey::from_header("Mcp-Project-Id", id.as_bytes()),
+            (None, Some(path)) => ProjectKey::from_header("Mcp-Project-Path", path.as_bytes()),
             (None, None) => return with_project_key(None, next.run(req)).await,
         };
         return match key {
