@@ -4,6 +4,10 @@
 //! the path as sent, three daemons on one database (counts, cross-daemon notifications,
 //! kill -9), an outage, the schema's version, and moving memories in and out.
 
+#[path = "proxy_common/tls.rs"]
+#[allow(dead_code)]
+mod tls;
+
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -463,4 +467,60 @@ async fn import_export_backup_and_copy_move_memories_in_and_out() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(":2:"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(memory_server(&env, &["export", "--database", &url, "--project-id", "broken"]), "");
+}
+
+/// `sslmode=require` (or libpq's verify-full) with `sslrootcert`: the daemon and the
+/// transfer commands speak TLS to a server that takes nothing else, verifying its
+/// certificate; without the CA the certificate is refused, by name.
+#[tokio::test]
+async fn tls_to_the_database_is_verified() {
+    let pg = TestPostgres::start();
+    let ca = tls::TestCa::new("team-memory-test-ca");
+    pg.require_tls(&ca.cert_pem, &ca.key_pem);
+    let env = TestEnv::new();
+    let ca_file = env.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let base = pg.url();
+
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca_file.display());
+    let team = Daemon::start(&env, &["--database", &url]);
+    let http = Http::new(team.url());
+    result_with(&http, &[("mcp-project-id", "tls")], "create_entities", entity("over tls")).await;
+    let ssl = pg.psql_admin(
+        "SELECT DISTINCT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+          WHERE a.application_name = 'memory-server'",
+    );
+    assert_eq!(ssl.trim(), "t", "every memory-server connection uses TLS");
+    let exported = memory_server(&env, &["export", "--database", &url, "--project-id", "tls"]);
+    assert!(exported.contains("over tls"), "{exported}");
+    drop(team);
+
+    // The same without the CA: the server's certificate is not trusted, and that is said.
+    let out = env
+        .command(&bin("memory-server"))
+        .args(["serve", "--port", &e2e::free_port().to_string(), "--database", &format!("{base}?sslmode=require")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memory-server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an untrusted certificate must be refused: {stderr}");
+    assert!(stderr.contains("is unavailable") && stderr.to_lowercase().contains("certificate"), "{stderr}");
+    // Without TLS the server takes no connection at all (hostssl only).
+    let out = env
+        .command(&bin("memory-server"))
+        .args(["serve", "--port", &e2e::free_port().to_string(), "--database", &format!("{base}?sslmode=disable")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memory-server");
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A CA file that is not there is named at once (exit status 2, a usage error).
+    let missing = format!("{base}?sslmode=require&sslrootcert=/no/such/ca.pem");
+    let out = env
+        .command(&bin("memory-server"))
+        .args(["serve", "--port", &e2e::free_port().to_string(), "--database", &missing])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memory-server");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sslrootcert /no/such/ca.pem"));
 }

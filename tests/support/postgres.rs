@@ -232,6 +232,39 @@ impl TestPostgres {
         }
     }
 
+    /// Serves TLS with `cert_pem` and `key_pem` and takes TCP connections only over TLS
+    /// (`hostssl` lines in place of `host`), so a client that gets in at all spoke TLS.
+    /// Restarts the server.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.data.join(name);
+            let written = std::fs::write(&path, text)
+                .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)));
+            if let Err(e) = written {
+                panic!("cannot write {}: {e}", path.display());
+            }
+            self.runner.chown(&path);
+        }
+        let hba = self.data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("cannot read {}: {e}", hba.display()));
+        let text: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("host ").or_else(|| l.strip_prefix("host\t")) {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let conf = self.data.join("postgresql.conf");
+        let written = std::fs::write(&hba, text).and_then(|()| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&conf)?;
+            f.write_all(b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        });
+        if let Err(e) = written {
+            panic!("cannot configure TLS in {}: {e}", self.data.display());
+        }
+        self.restart();
+    }
+
     fn start_on_free_port(&mut self) {
         let mut tried = Vec::new();
         for _ in 0..PORT_ATTEMPTS {

@@ -6,6 +6,7 @@
 mod graph;
 mod notify;
 mod schema;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -72,11 +73,14 @@ impl PgError {
     }
 }
 
-/// `postgres://...` as given, parsed once; shown without its password.
+/// `postgres://...` as given, parsed once (with libpq's `sslrootcert` and verifying
+/// `sslmode`s, see `tls`); shown without its password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: tokio_postgres::Config,
     shown: String,
+    /// `sslmode=require`: the connector, with its roots loaded.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl DatabaseUrl {
@@ -84,21 +88,18 @@ impl DatabaseUrl {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(PgError::BadUrl(format!("{:?} must start with postgres:// or postgresql://", redact(url))));
         }
+        let prepared = tls::prepare(url).map_err(|e| PgError::BadUrl(format!("{}: {e}", redact(url))))?;
         let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| PgError::BadUrl(format!("{}: {e}", redact(url))))?;
-        if config.get_ssl_mode() == SslMode::Require {
-            // No TLS connector is built in yet: say so now rather than at the first request.
-            return Err(PgError::BadUrl(format!(
-                "{}: sslmode=require is not supported yet; reach the database over loopback, a Unix \
-                 socket (host=/path/to/socket/dir) or a tunnel",
-                redact(url)
-            )));
-        }
+            prepared.url.parse().map_err(|e| PgError::BadUrl(format!("{}: {e}", redact(url))))?;
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(tls::connector(prepared.root_cert.as_deref())?),
+            _ => None,
+        };
         config.application_name("memory-server");
         config.connect_timeout(CONNECT_TIMEOUT);
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
         let shown = shown(&config);
-        Ok(DatabaseUrl { config, shown })
+        Ok(DatabaseUrl { config, shown, tls })
     }
 
     /// `postgres://user@host:port/db`, never the password.
@@ -215,8 +216,11 @@ impl Database {
     /// listening for other daemons' writes. Fails naming the database when it cannot be
     /// reached now: a daemon is not started against a database it has never seen.
     pub async fn open(url: DatabaseUrl) -> Result<Arc<Database>, PgError> {
-        let manager =
-            Manager::from_config(url.config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match &url.tls {
+            Some(tls) => Manager::from_config(url.config.clone(), tls.clone(), recycling),
+            None => Manager::from_config(url.config.clone(), NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -236,7 +240,7 @@ impl Database {
             let mut client = db.client().await?;
             schema::migrate(&mut client, db.shown()).await.map_err(|e| db.error(e))??;
         }
-        notify::spawn_listener(db.url.config.clone(), db.shown().to_owned(), db.changes.clone(), db.shutdown.clone());
+        notify::spawn_listener(db.url.clone(), db.changes.clone(), db.shutdown.clone());
         Ok(db)
     }
 
@@ -492,8 +496,10 @@ mod tests {
         let e = DatabaseUrl::parse("mysql://alice:s3cret@db/x").unwrap_err().to_string();
         assert!(!e.contains("s3cret"), "{e}");
         assert!(e.contains("postgres://"), "{e}");
-        let e = DatabaseUrl::parse("postgres://alice:s3cret@db/x?sslmode=require").unwrap_err().to_string();
-        assert!(!e.contains("s3cret") && e.contains("sslmode=require"), "{e}");
+        let e = DatabaseUrl::parse("postgres://alice:s3cret@db/x?sslmode=verify-full&sslrootcert=/no/such/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret") && e.contains("sslrootcert /no/such/ca.pem"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
+
+use super::DatabaseUrl;
 use tokio_util::sync::CancellationToken;
 
 /// The notification channel.
@@ -48,23 +51,24 @@ impl Channels {
 
 /// Keeps a LISTEN connection open until `shutdown`, reconnecting with a growing pause
 /// (0.25 s to 5 s) while the database is away.
-pub fn spawn_listener(
-    config: tokio_postgres::Config,
-    db: String,
-    channels: Arc<Channels>,
-    shutdown: CancellationToken,
-) {
+pub fn spawn_listener(url: DatabaseUrl, channels: Arc<Channels>, shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(250);
         let mut first = true;
         loop {
+            let session = async {
+                match &url.tls {
+                    Some(tls) => listen(&url.config, tls.clone(), &channels, first).await,
+                    None => listen(&url.config, NoTls, &channels, first).await,
+                }
+            };
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                outcome = listen(&config, &channels, first) => outcome,
+                outcome = session => outcome,
             };
             match outcome {
                 Ok(()) => pause = Duration::from_millis(250),
-                Err(e) => tracing::warn!(db, error = %e, "lost the LISTEN connection; reconnecting"),
+                Err(e) => tracing::warn!(db = url.shown(), error = %e, "lost the LISTEN connection; reconnecting"),
             }
             first = false;
             tokio::select! {
@@ -77,12 +81,17 @@ pub fn spawn_listener(
 }
 
 /// One LISTEN connection's life: returns when it ends.
-async fn listen(
+async fn listen<T>(
     config: &tokio_postgres::Config,
+    tls: T,
     channels: &Channels,
     first: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<(), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     {
