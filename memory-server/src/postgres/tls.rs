@@ -17,6 +17,7 @@ use super::PgError;
 
 /// A database URL with what tokio-postgres does not read taken out: `sslrootcert`, and
 /// libpq's verifying modes (which tokio-postgres does not know) turned into `require`.
+#[derive(Debug)]
 pub struct Prepared {
     pub url: String,
     pub root_cert: Option<PathBuf>,
