@@ -16,6 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
 use super::{GraphFailure, PgError};
+use crate::memory::contains_pattern;
 use crate::store::model::{
     AddedObservations, Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation,
 };
@@ -324,23 +325,9 @@ pub(crate) async fn search_nodes(tx: &Tx<'_>, project: i64, query: &str) -> Resu
                   ORDER BY id",
             )
             .await?;
-        tx.query(&stmt, &[&project, &like_pattern(&needle)]).await?
+        tx.query(&stmt, &[&project, &contains_pattern(&needle)]).await?
     };
     subgraph(tx, project, &rows).await
-}
-
-/// `%needle%` with LIKE's own characters escaped (backslash is the default escape).
-fn like_pattern(needle: &str) -> String {
-    let mut p = String::with_capacity(needle.len() + 2);
-    p.push('%');
-    for c in needle.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
 }
 
 /// The answer for the entity rows `(name, entity_type, name_hash)` found: their
@@ -428,8 +415,8 @@ mod tests {
 
     #[test]
     fn like_patterns_escape_likes_own_characters() {
-        assert_eq!(like_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
-        assert_eq!(like_pattern("ümlaut"), "%ümlaut%");
+        assert_eq!(contains_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+        assert_eq!(contains_pattern("ümlaut"), "%ümlaut%");
     }
 
     #[test]

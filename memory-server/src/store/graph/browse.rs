@@ -130,16 +130,7 @@ fn like_pattern(needle: &str) -> Option<String> {
     if !needle.is_ascii() || needle.contains('\0') || needle.len() > 10_000 {
         return None;
     }
-    let mut pattern = String::with_capacity(needle.len() + 8);
-    pattern.push('%');
-    for c in needle.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    Some(pattern)
+    Some(crate::memory::contains_pattern(needle))
 }
 
 /// The page of `limit` entities at `at` among those `query` matches, with exactly
