@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::mux::Mux;
+use crate::mux::{Mux, Outgoing};
 use crate::pool::ShareKey;
 
 /// A child that lived at least this long before dying was not crash-looping.
@@ -199,8 +199,13 @@ impl Child {
     /// Writes one message to the child (dropped when it is not running: whoever waits
     /// for an answer has been failed already, or will be when the death is noticed).
     pub fn send(&self, message: &Value) {
+        self.send_line(message.to_string());
+    }
+
+    /// [`Child::send`] for a message that is JSON text on one line already.
+    pub fn send_line(&self, line: String) {
         if let Phase::Running(r) = &self.life().phase {
-            let _ = r.stdin.send(message.to_string());
+            let _ = r.stdin.send(line);
         }
     }
 
@@ -358,6 +363,14 @@ impl Child {
             if line.trim().is_empty() {
                 continue;
             }
+            // The common line, a session's answer, goes back as it came, its id put back.
+            if let Some((child_id, id)) = crate::wire::answer(&line) {
+                let answered = self.mux().answer_line(child_id, &line, id);
+                if let Some((sink, text)) = answered {
+                    let _ = sink.send(Outgoing::Answer(text));
+                    continue;
+                }
+            }
             let message: Value = match serde_json::from_str(&line) {
                 Ok(v) => v,
                 Err(e) => {
@@ -370,7 +383,7 @@ impl Child {
                 self.send(&answer);
             }
             for (sink, message) in routed.deliver {
-                let _ = sink.send(message);
+                let _ = sink.send(message.into());
             }
         }
         // Its stdout is closed: it is exiting (or wants to). Give it a moment, then make sure.
@@ -404,7 +417,7 @@ impl Child {
             format!("mcp-host: server `{}` exited ({status}) while this request ran; see {}", self.name, self.log);
         let failed = self.mux().fail_all(&why, &format!("it exited ({status})"));
         for (sink, message) in failed {
-            let _ = sink.send(message);
+            let _ = sink.send(message.into());
         }
         if retired {
             crate::log(&self.name, &format!("pid {pid} for {} stopped ({status})", self.key));

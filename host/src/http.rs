@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -26,8 +26,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::child::Child;
-use crate::mux::{Level, SessionId, error_answer};
+use crate::mux::{Level, Outgoing, SessionId, error_answer};
 use crate::pool::Pool;
+use crate::wire;
 
 /// Sessions at most; beyond, `initialize` is refused with an error naming the limit.
 pub const MAX_SESSIONS: usize = 4096;
@@ -40,6 +41,8 @@ const VERSIONS: [&str; 4] =
     [mcp_wire::V2024_11_05, mcp_wire::V2025_03_26, mcp_wire::V2025_06_18, mcp_wire::V2025_11_25];
 
 struct Session {
+    /// Its key in the map, kept so that a lookup by the header's text is one lookup.
+    id: SessionId,
     child: Arc<Child>,
     last_seen: Instant,
 }
@@ -63,10 +66,9 @@ impl Host {
     /// The session and its child, marked as seen now.
     fn session(&self, id: &str) -> Option<(SessionId, Arc<Child>)> {
         let mut sessions = self.sessions();
-        let key = sessions.get_key_value(id)?.0.clone();
-        let s = sessions.get_mut(&key)?;
+        let s = sessions.get_mut(id)?;
         s.last_seen = Instant::now();
-        Some((key, s.child.clone()))
+        Some((s.id.clone(), s.child.clone()))
     }
 
     /// Ends a session: detached from its child, which goes too when it was the session's own.
@@ -141,7 +143,22 @@ fn ok_answer(id: Value, result: Value) -> Response {
     axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result})).into_response()
 }
 
-async fn post_mcp(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Methods the host answers itself, or acts on, rather than passing on to the child.
+fn host_handles(method: &str) -> bool {
+    matches!(method, "initialize" | "ping" | "logging/setLevel" | "resources/subscribe" | "resources/unsubscribe")
+}
+
+const STATELESS_REFUSED: &str =
+    "mcp-host serves session-based MCP (2024-11-05 to 2025-11-25); stateless requests are not supported";
+
+async fn post_mcp(State(host): State<Arc<Host>>, mut req: Request) -> Response {
+    // The headers are taken out of the request, not copied as the `HeaderMap` extractor
+    // would; the body is read as the `Bytes` extractor does (same limit, same refusal).
+    let headers = std::mem::take(req.headers_mut());
+    let body = match Bytes::from_request(req, &()).await {
+        Ok(body) => body,
+        Err(rejection) => return rejection.into_response(),
+    };
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -154,6 +171,22 @@ async fn post_mcp(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes
             "Content-Type must be application/json",
         );
     }
+    // Nearly every message is a request for the child: its text goes there with only its
+    // id replaced. Everything else, and whatever `wire` leaves alone, is parsed below.
+    if let Some(request) = wire::Request::parse(&body).filter(|r| !host_handles(&r.method)) {
+        let id = request.id();
+        if request.stateless {
+            return rpc_error(StatusCode::BAD_REQUEST, id, -32600, STATELESS_REFUSED);
+        }
+        let Some(sid) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
+            return rpc_error(StatusCode::BAD_REQUEST, id, -32600, "Mcp-Session-Id header is required");
+        };
+        let Some((session, child)) = host.session(sid) else {
+            return rpc_error(StatusCode::NOT_FOUND, id, -32001, "Session not found");
+        };
+        // No `touch`: registering the request marks the session active.
+        return relay(session, child, id, Payload::Text(request)).await;
+    }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return rpc_error(StatusCode::BAD_REQUEST, Value::Null, -32700, &format!("Parse error: {e}")),
@@ -164,13 +197,10 @@ async fn post_mcp(State(host): State<Arc<Host>>, headers: HeaderMap, body: Bytes
     }
     let id = message.get("id").cloned();
     let method = message.get("method").and_then(Value::as_str).map(str::to_owned);
-    if message.pointer("/params/_meta").and_then(|m| m.get(META_PROTOCOL_VERSION)).is_some() {
-        return rpc_error(
-            StatusCode::BAD_REQUEST,
-            id.unwrap_or(Value::Null),
-            -32600,
-            "mcp-host serves session-based MCP (2024-11-05 to 2025-11-25); stateless requests are not supported",
-        );
+    // `get`, not `pointer`: `pointer` splits and unescapes its path into new strings on
+    // every call, and every message passes here.
+    if message.get("params").and_then(|p| p.get("_meta")).and_then(|m| m.get(META_PROTOCOL_VERSION)).is_some() {
+        return rpc_error(StatusCode::BAD_REQUEST, id.unwrap_or(Value::Null), -32600, STATELESS_REFUSED);
     }
     if method.as_deref() == Some("initialize") {
         return initialize(&host, &headers, id.unwrap_or(Value::Null), &message).await;
@@ -236,7 +266,7 @@ async fn initialize(host: &Host, headers: &HeaderMap, id: Value, message: &Value
             return rpc_error(StatusCode::INTERNAL_SERVER_ERROR, id, -32603, &e.to_string());
         }
     };
-    host.sessions().insert(session.clone(), Session { child, last_seen: Instant::now() });
+    host.sessions().insert(session.clone(), Session { id: session.clone(), child, last_seen: Instant::now() });
     let mut result = (*init).clone();
     // A session asking for an older revision that the child also speaks gets it.
     let asked = message.pointer("/params/protocolVersion").and_then(Value::as_str);
@@ -300,14 +330,35 @@ async fn request(
         }
         _ => {}
     }
+    relay(session, child, id, Payload::Parsed(message)).await
+}
+
+/// A request for the child, as it is sent there.
+enum Payload<'a> {
+    Parsed(Value),
+    /// Its text, read by `wire` (which left the id and progress token to replace).
+    Text(wire::Request<'a>),
+}
+
+/// Sends a session's request to the child and answers with what comes back: the answer
+/// as JSON when it comes first, else an event stream of everything up to the answer.
+async fn relay(session: SessionId, child: Arc<Child>, id: Value, payload: Payload<'_>) -> Response {
     if let Err(e) = child.ensure_running().await {
         return ok_error(id, -32603, &e.to_string());
     }
     let (sink, mut rx) = mpsc::unbounded_channel();
-    let rewritten = child.mux().request(&session, message, sink);
+    let line = match payload {
+        Payload::Parsed(message) => {
+            let rewritten = child.mux().request(&session, message, sink);
+            rewritten.to_string()
+        }
+        Payload::Text(request) => {
+            let (child_id, token) = child.mux().register(&session, id.clone(), request.progress_token(), sink);
+            request.rewrite(child_id, token.as_deref())
+        }
+    };
     let mut watch = Abandon { child: child.clone(), session, id: id.clone(), answered: false };
-    child.send(&rewritten);
-    let is_answer = |m: &Value| m.get("method").is_none() && m.get("id") == Some(&id);
+    child.send_line(line);
     let Some(first) = rx.recv().await else {
         watch.answered = true;
         return ok_error(
@@ -316,9 +367,16 @@ async fn request(
             "mcp-host: the request was cancelled, or its session ended, before the server answered",
         );
     };
-    if is_answer(&first) {
-        watch.answered = true;
-        return axum::Json(first).into_response();
+    match first {
+        Outgoing::Answer(text) => {
+            watch.answered = true;
+            return json_text(text);
+        }
+        Outgoing::Message(m) if is_answer(&m, &id) => {
+            watch.answered = true;
+            return axum::Json(m).into_response();
+        }
+        Outgoing::Message(_) => {}
     }
     // Something comes before the answer (progress, a server request): stream it all.
     let stream =
@@ -332,15 +390,28 @@ async fn request(
                     Some(m) => m,
                     None => rx.recv().await?,
                 };
-                let last = next.get("method").is_none() && next.get("id") == Some(&id);
+                let (data, last) = match next {
+                    Outgoing::Answer(text) => (text, true),
+                    Outgoing::Message(m) => (m.to_string(), is_answer(&m, &id)),
+                };
                 if last {
                     watch.answered = true;
                 }
-                let event = Event::default().event("message").data(next.to_string());
+                let event = Event::default().event("message").data(data);
                 Some((Ok::<_, Infallible>(event), (None, rx, watch, last)))
             }
         });
     Sse::new(stream).into_response()
+}
+
+/// Whether `m` is the answer to the request `id`.
+fn is_answer(m: &Value, id: &Value) -> bool {
+    m.get("method").is_none() && m.get("id") == Some(id)
+}
+
+/// An answer that is JSON text already, as `axum::Json` would send it.
+fn json_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text).into_response()
 }
 
 /// A JSON-RPC error answer with HTTP 200: the request was fine, the server side failed.
@@ -379,11 +450,14 @@ async fn get_mcp(State(host): State<Arc<Host>>, headers: HeaderMap) -> Response 
     let Some((session, child)) = host.session(sid) else {
         return rpc_error(StatusCode::NOT_FOUND, Value::Null, -32001, "Session not found");
     };
-    let (sink, rx) = mpsc::unbounded_channel::<Value>();
+    let (sink, rx) = mpsc::unbounded_channel::<Outgoing>();
     child.mux().set_stream(&session, sink);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let m = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Event::default().event("message").data(m.to_string())), rx))
+        let data = match rx.recv().await? {
+            Outgoing::Message(m) => m.to_string(),
+            Outgoing::Answer(text) => text,
+        };
+        Some((Ok::<_, Infallible>(Event::default().event("message").data(data)), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }

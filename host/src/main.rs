@@ -9,6 +9,7 @@ mod mux;
 mod pool;
 mod procs;
 mod serve;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

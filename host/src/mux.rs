@@ -14,7 +14,22 @@ use tokio::sync::{mpsc, oneshot};
 pub type SessionId = Arc<str>;
 
 /// Where messages for a session go: the stream of one of its requests, or its GET stream.
-pub type Sink = mpsc::UnboundedSender<Value>;
+pub type Sink = mpsc::UnboundedSender<Outgoing>;
+
+/// A message for a session.
+#[derive(Debug, PartialEq)]
+pub enum Outgoing {
+    Message(Value),
+    /// The answer to the request whose sink it is sent to, as the text the child wrote
+    /// with the session's id put back (`wire`: never parsed into a tree).
+    Answer(String),
+}
+
+impl From<Value> for Outgoing {
+    fn from(message: Value) -> Outgoing {
+        Outgoing::Message(message)
+    }
+}
 
 /// Who waits for an answer of the child.
 enum Waiter {
@@ -177,23 +192,55 @@ impl Mux {
     /// A session's request, rewritten for the child: a fresh numeric id and, when it
     /// asks for progress, a fresh token. The child's answer will go to `sink`.
     pub fn request(&mut self, session: &SessionId, mut message: Value, sink: Sink) -> Value {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        // `get`, not `pointer` (which allocates for its path): every request passes here.
+        let original = message.get("params").and_then(|p| p.get("_meta")).and_then(|m| m.get("progressToken")).cloned();
+        let (seq, token) = self.register(session, id, original, sink);
+        if let Some(token) = token
+            && let Some(meta) = message.pointer_mut("/params/_meta").and_then(Value::as_object_mut)
+        {
+            meta.insert("progressToken".into(), Value::String(token));
+        }
+        message["id"] = json!(seq);
+        message
+    }
+
+    /// Notes a session's request (its own `id` and progress token) as waiting for the
+    /// child; returns the child's id for it and, when it asked for progress, the token
+    /// the child gets instead. The child's answer will go to `sink`.
+    pub fn register(
+        &mut self,
+        session: &SessionId,
+        id: Value,
+        progress_token: Option<Value>,
+        sink: Sink,
+    ) -> (u64, Option<String>) {
         let seq = self.next();
         if let Some(m) = self.members.get_mut(session) {
             m.active = seq;
         }
-        let id = message.get("id").cloned().unwrap_or(Value::Null);
-        let mut token = None;
-        if let Some(original) = message.pointer("/params/_meta/progressToken").cloned() {
+        let token = progress_token.map(|original| {
             let rewritten = format!("{TOKEN_PREFIX}{seq}");
-            if let Some(meta) = message.pointer_mut("/params/_meta").and_then(Value::as_object_mut) {
-                meta.insert("progressToken".into(), Value::String(rewritten.clone()));
-            }
             self.tokens.insert(rewritten.clone(), (session.clone(), original));
-            token = Some(rewritten);
+            rewritten
+        });
+        self.pending.insert(seq, Waiter::Session { session: session.clone(), id, sink, token: token.clone(), seq });
+        (seq, token)
+    }
+
+    /// The child's answer to `child_id`, read by `wire::answer` (`id` is where its id
+    /// stands in `line`), when a session's request waits for it: the session's sink and
+    /// the line with the session's own id. `None` leaves the line to [`Mux::route`]
+    /// (the host's own requests, ids nobody waits for).
+    pub fn answer_line(&mut self, child_id: u64, line: &str, id: std::ops::Range<usize>) -> Option<(Sink, String)> {
+        if !matches!(self.pending.get(&child_id), Some(Waiter::Session { .. })) {
+            return None;
         }
-        message["id"] = json!(seq);
-        self.pending.insert(seq, Waiter::Session { session: session.clone(), id, sink, token, seq });
-        message
+        let Some(Waiter::Session { id: theirs, sink, token, .. }) = self.pending.remove(&child_id) else { return None };
+        if let Some(t) = token {
+            self.tokens.remove(&t);
+        }
+        Some((sink, crate::wire::replace(line, id, &theirs)))
     }
 
     /// A request of the host's own; its answer comes on the receiver.
@@ -518,8 +565,16 @@ mod tests {
         Arc::from(name)
     }
 
-    fn sink() -> (Sink, mpsc::UnboundedReceiver<Value>) {
+    fn sink() -> (Sink, mpsc::UnboundedReceiver<Outgoing>) {
         mpsc::unbounded_channel()
+    }
+
+    /// The next message a receiver holds (a parsed one: raw answers come from `answer_line`).
+    fn received(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Option<Value> {
+        match rx.try_recv().ok()? {
+            Outgoing::Message(m) => Some(m),
+            Outgoing::Answer(text) => panic!("a raw answer: {text}"),
+        }
     }
 
     #[test]
@@ -536,14 +591,40 @@ mod tests {
         // Answered out of order, each reaches its own session under its own id.
         let r = mux.route(json!({"jsonrpc":"2.0","id":to_child_b["id"],"result":{"b":true}}));
         for (k, v) in r.deliver {
-            k.send(v).unwrap();
+            k.send(v.into()).unwrap();
         }
         let r = mux.route(json!({"jsonrpc":"2.0","id":to_child_a["id"],"result":{"a":true}}));
         for (k, v) in r.deliver {
-            k.send(v).unwrap();
+            k.send(v.into()).unwrap();
         }
-        assert_eq!(ra.try_recv().unwrap(), json!({"jsonrpc":"2.0","id":1,"result":{"a":true}}));
-        assert_eq!(rb.try_recv().unwrap(), json!({"jsonrpc":"2.0","id":1,"result":{"b":true}}));
+        assert_eq!(received(&mut ra).unwrap(), json!({"jsonrpc":"2.0","id":1,"result":{"a":true}}));
+        assert_eq!(received(&mut rb).unwrap(), json!({"jsonrpc":"2.0","id":1,"result":{"b":true}}));
+    }
+
+    #[test]
+    fn a_raw_answer_goes_back_under_the_sessions_id_and_the_hosts_own_are_left_to_route() {
+        let mut mux = Mux::new("x", None);
+        let a = session("a");
+        mux.join(a.clone(), json!({}));
+        let (ka, _ra) = sink();
+        let (seq, token) = mux.register(&a, json!("q"), Some(json!(5)), ka.clone());
+        let token = token.unwrap();
+        assert_eq!(mux.tokens.get(&token).map(|(s, t)| (s.clone(), t.clone())), Some((a.clone(), json!(5))));
+        let line = format!(r#"{{"jsonrpc":"2.0","id":{seq},"result":{{}}}}"#);
+        let (child_id, at) = crate::wire::answer(&line).unwrap();
+        let (k, text) = mux.answer_line(child_id, &line, at).unwrap();
+        assert!(k.same_channel(&ka));
+        assert_eq!(text, r#"{"jsonrpc":"2.0","id":"q","result":{}}"#);
+        assert!(mux.tokens.is_empty() && mux.in_flight() == 0);
+        // Answered once only; a host request's answer is routed the parsed way.
+        assert!(mux.answer_line(child_id, &line, 23..24).is_none());
+        let (message, mut rx) = mux.host_request("ping", json!({}));
+        let id = message["id"].as_u64().unwrap();
+        let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#);
+        let (child_id, at) = crate::wire::answer(&line).unwrap();
+        assert!(mux.answer_line(child_id, &line, at).is_none());
+        let _ = mux.route(serde_json::from_str(&line).unwrap());
+        assert_eq!(rx.try_recv().unwrap()["id"], json!(id));
     }
 
     #[test]
@@ -575,9 +656,9 @@ mod tests {
         let r = mux.route(json!({"id":"c1","method":"sampling/createMessage","params":{}}));
         assert!(r.to_child.is_none());
         for (k, v) in r.deliver {
-            k.send(v).unwrap();
+            k.send(v.into()).unwrap();
         }
-        let forwarded = ra.try_recv().unwrap();
+        let forwarded = received(&mut ra).unwrap();
         let host_id = forwarded["id"].clone();
         assert!(host_id.as_str().unwrap().starts_with(FORWARDED_PREFIX));
         // Another session cannot answer it; the owner can.
@@ -614,13 +695,13 @@ mod tests {
             let r = mux.route(json!({"id":id,"method":"elicitation/create","params":{"mode":mode,"message":"m"}}));
             assert!(r.to_child.is_none());
             for (k, v) in r.deliver {
-                k.send(v).unwrap();
+                k.send(v.into()).unwrap();
             }
         }
-        assert_eq!(ru.try_recv().unwrap()["params"]["mode"], json!("url"));
-        assert!(ru.try_recv().is_err(), "a session declaring only url mode gets no form");
-        assert_eq!(rf.try_recv().unwrap()["params"]["mode"], json!("form"));
-        assert_eq!(rf.try_recv().unwrap()["params"]["mode"], Value::Null);
+        assert_eq!(received(&mut ru).unwrap()["params"]["mode"], json!("url"));
+        assert!(received(&mut ru).is_none(), "a session declaring only url mode gets no form");
+        assert_eq!(received(&mut rf).unwrap()["params"]["mode"], json!("form"));
+        assert_eq!(received(&mut rf).unwrap()["params"]["mode"], Value::Null);
 
         let mut mux = Mux::new("x", None);
         mux.join(form.clone(), json!({"elicitation": {}}));
@@ -641,9 +722,9 @@ mod tests {
         let r = mux.route(json!({"method":"notifications/resources/updated","params":{"uri":"u"}}));
         assert_eq!(r.deliver.len(), 1, "b has no stream open");
         for (k, v) in r.deliver {
-            k.send(v).unwrap();
+            k.send(v.into()).unwrap();
         }
-        assert_eq!(ra.try_recv().unwrap()["params"]["uri"], json!("u"));
+        assert_eq!(received(&mut ra).unwrap()["params"]["uri"], json!("u"));
         assert!(!mux.unsubscribe(&a, "u"));
         assert_eq!(mux.leave(&b).unsubscribe, ["u"]);
         assert!(mux.subscribed().is_empty());
@@ -663,10 +744,10 @@ mod tests {
         assert_eq!(mux.set_level(&b, Level::Debug), Some(Level::Debug));
         let r = mux.route(json!({"method":"notifications/message","params":{"level":"info","data":"x"}}));
         for (k, v) in r.deliver {
-            k.send(v).unwrap();
+            k.send(v.into()).unwrap();
         }
-        assert!(ra.try_recv().is_err());
-        assert!(rb.try_recv().is_ok());
+        assert!(received(&mut ra).is_none());
+        assert!(received(&mut rb).is_some());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod discovery;
 pub mod filter;
+pub mod http_client;
 pub mod legacy_sse;
 pub mod manager;
 pub mod project_id;

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mcp_wire::{LISTEN, SESSION_HEADER, VERSION_HEADER};
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::Method;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
 use serde_json::Value;
-use sse_stream::SseStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Transport;
@@ -33,6 +33,9 @@ use crate::discovery::{self, DiscoveryError};
 use crate::replay::SessionSetup;
 use crate::stateless;
 use crate::upstream::Link;
+
+const SESSION: HeaderName = HeaderName::from_static(SESSION_HEADER);
+const VERSION: HeaderName = HeaderName::from_static(VERSION_HEADER);
 
 /// GET-stream reconnect attempts before giving up until the next recovery.
 const LISTEN_ATTEMPTS: u32 = 5;
@@ -177,8 +180,9 @@ impl Relay {
     }
 
     /// Forwards one client message; answers the client with an error for its id when
-    /// the daemon cannot be reached even after one recovery.
-    pub async fn forward(self: &Arc<Self>, message: Value) {
+    /// the daemon cannot be reached even after one recovery. `text`: the message as the
+    /// client wrote it (one line of JSON), sent as it is rather than printed again.
+    pub async fn forward(self: &Arc<Self>, message: Value, text: Option<String>) {
         let method = message.get("method").and_then(Value::as_str).map(str::to_owned);
         let id = message.get("id").cloned();
         let is_initialize = method.as_deref() == Some("initialize");
@@ -198,11 +202,11 @@ impl Relay {
             if let Some(seen) = unreplayed.filter(|_| !is_initialize && !stateless) {
                 // Finish the recovery that could not set the session up again.
                 return match self.recover(seen, true).await {
-                    Ok(()) => self.post(&message, true).await,
+                    Ok(()) => self.post(&message, text.as_deref(), true).await,
                     Err(e) => Err(e),
                 };
             }
-            let mut result = self.post(&message, true).await;
+            let mut result = self.post(&message, text.as_deref(), true).await;
             if let Err(e) = &result
                 && e.recoverable()
                 && !self.closing.load(Ordering::SeqCst)
@@ -211,7 +215,7 @@ impl Relay {
                 let seen = self.state().generation;
                 // A stateless client has no handshake to replay.
                 result = match self.recover(seen, !is_initialize && !stateless).await {
-                    Ok(()) => self.post(&message, true).await,
+                    Ok(()) => self.post(&message, text.as_deref(), true).await,
                     Err(e) => Err(e),
                 };
             }
@@ -293,12 +297,12 @@ impl Relay {
             (st.initialize.clone(), st.initialized.clone(), st.setup.replay(generation), st.setup.describe())
         };
         let Some(init) = init else { return Ok(()) };
-        self.post(&init, false).await?;
+        self.post(&init, None, false).await?;
         if let Some(n) = initialized {
-            self.post(&n, false).await?;
+            self.post(&n, None, false).await?;
         }
         for request in &setup {
-            match self.post(request, false).await {
+            match self.post(request, None, false).await {
                 Ok(()) => {}
                 // The new session is lost already: the caller's retry would fail too.
                 Err(e) if e.recoverable() => return Err(e),
@@ -321,9 +325,10 @@ impl Relay {
         Ok(())
     }
 
-    /// POSTs one message and writes every message of the reply to the client (unless
-    /// `deliver` is false: a replayed handshake's answers are not the client's business).
-    async fn post(self: &Arc<Self>, message: &Value, deliver: bool) -> Result<(), RelayError> {
+    /// POSTs one message (its `text` when given, else the message printed) and writes
+    /// every message of the reply to the client (unless `deliver` is false: a replayed
+    /// handshake's answers are not the client's business).
+    async fn post(self: &Arc<Self>, message: &Value, text: Option<&str>, deliver: bool) -> Result<(), RelayError> {
         let url = self.endpoint().await?;
         let is_initialize = message.get("method").and_then(Value::as_str) == Some("initialize");
         let revision = stateless::revision(message);
@@ -337,36 +342,32 @@ impl Relay {
             Some(_) => (None, None),
             None => (session, version),
         };
-        let mut req = self
-            .link
-            .client
-            .post(url.clone())
-            .headers(self.link.extra_headers.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json, text/event-stream")
-            .body(message.to_string());
+        let mut headers = self.link.extra_headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
         if let Some(s) = &session {
-            req = req.header(SESSION_HEADER, s);
+            headers.insert(SESSION, header_value(&SESSION, s)?);
         }
         if let Some(v) = version.as_deref().filter(|_| !is_initialize) {
-            req = req.header(VERSION_HEADER, v);
+            headers.insert(VERSION, header_value(&VERSION, v)?);
         }
-        req = self.link.with_project(req).await;
+        self.link.project_headers(&mut headers).await;
         if let Some(revision) = revision {
             for (name, value) in stateless::headers(message, revision) {
-                req = req.header(name, value);
+                headers.append(name, value);
             }
             for (name, value) in self.param_headers(message) {
-                req = req.header(name, value);
+                headers.append(name, value);
             }
         }
         let lists_tools = revision.is_some() && message.get("method").and_then(Value::as_str) == Some("tools/list");
         let timeout = self.link.spec.request_timeout;
+        let body = text.map_or_else(|| message.to_string(), str::to_owned);
         let exchange = async {
-            let resp = tokio::time::timeout(timeout, req.send())
+            let resp = tokio::time::timeout(timeout, self.link.send(Method::POST, &url, headers, body))
                 .await
                 .map_err(|_| RelayError::Timeout(timeout))?
-                .map_err(|e| RelayError::Connect(error_chain(&e)))?;
+                .map_err(RelayError::Connect)?;
             let status = resp.status();
             if is_initialize && status.is_success() {
                 let sid = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -384,7 +385,7 @@ impl Relay {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.starts_with("text/event-stream"));
             if status.is_success() && is_sse {
-                let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+                let mut events = resp.events();
                 let mut answered = false;
                 let mut refused = None;
                 while let Some(event) = events.next().await {
@@ -414,7 +415,7 @@ impl Relay {
                 return refused.map_or(Ok(()), Err);
             }
             // Bytes, not `text()`: JSON is UTF-8, and text() would sniff and re-decode it.
-            let body = resp.bytes().await.map_err(|e| RelayError::Connect(error_chain(&e)))?;
+            let body = resp.bytes().await.map_err(RelayError::Connect)?;
             // The common case, an answer the relay has nothing to learn from, goes to the
             // client as it came: checked, not parsed into a tree and printed again.
             if status.is_success()
@@ -533,18 +534,17 @@ impl Relay {
                 if current != generation {
                     return;
                 }
-                let mut req = self
-                    .link
-                    .client
-                    .get(url)
-                    .headers(self.link.extra_headers.clone())
-                    .header(ACCEPT, "text/event-stream")
-                    .header(SESSION_HEADER, session);
-                if let Some(v) = version {
-                    req = req.header(VERSION_HEADER, v);
-                }
-                req = self.link.with_project(req).await;
-                let lost = match req.send().await {
+                let mut headers = self.link.extra_headers.clone();
+                headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+                let sent = async {
+                    headers.insert(SESSION, header_value(&SESSION, &session)?);
+                    if let Some(v) = &version {
+                        headers.insert(VERSION, header_value(&VERSION, v)?);
+                    }
+                    self.link.project_headers(&mut headers).await;
+                    self.link.send(Method::GET, &url, headers, String::new()).await.map_err(RelayError::Connect)
+                };
+                let lost = match sent.await {
                     Ok(resp) if resp.status().as_u16() == 405 => return,
                     Ok(resp) if resp.status().is_success() => {
                         failures = 0;
@@ -552,7 +552,7 @@ impl Relay {
                             logged = true;
                             crate::log(&self.link.spec.name, "event stream reopened");
                         }
-                        let mut events = SseStream::from_bytes_stream(resp.bytes_stream());
+                        let mut events = resp.events();
                         while let Some(Ok(event)) = events.next().await {
                             if let Some(value) = event.data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
                                 self.link.emit(&value).await;
@@ -561,7 +561,7 @@ impl Relay {
                         None
                     }
                     Ok(resp) if resp.status().as_u16() == 404 => Some(RelayError::SessionGone),
-                    Err(e) => Some(RelayError::Connect(error_chain(&e))),
+                    Err(e) => Some(e),
                     Ok(_) => None,
                 };
                 if let Some(e) = lost
@@ -603,12 +603,20 @@ impl Relay {
             let st = self.state();
             (st.endpoint.clone(), st.session.clone())
         };
-        if let (Some(url), Some(session)) = (url, session) {
-            let req =
-                self.link.client.delete(url).headers(self.link.extra_headers.clone()).header(SESSION_HEADER, session);
-            let _ = tokio::time::timeout(Duration::from_secs(2), req.send()).await;
+        // A session id HTTP cannot carry could not be sent before either (reqwest refused it).
+        if let (Some(url), Some(Ok(session))) = (url, session.map(|s| HeaderValue::from_str(&s))) {
+            let mut headers = self.link.extra_headers.clone();
+            headers.insert(SESSION, session);
+            let delete = self.link.send(Method::DELETE, &url, headers, String::new());
+            let _ = tokio::time::timeout(Duration::from_secs(2), delete).await;
         }
     }
+}
+
+/// `value` as the value of header `name`; a value HTTP cannot carry (the daemon's session
+/// id or protocol version, as it sent them) fails the request, as reqwest's builder did.
+fn header_value(name: &HeaderName, value: &str) -> Result<HeaderValue, RelayError> {
+    HeaderValue::from_str(value).map_err(|e| RelayError::Connect(format!("builder error: {name}: {e}")))
 }
 
 /// Percent-encodes a project path for `Mcp-Project-Path`: readable for ASCII paths,

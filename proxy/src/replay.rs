@@ -26,7 +26,8 @@ impl SessionSetup {
     /// Notes a client message if it changes the session's setup.
     pub fn note(&mut self, message: &Value) {
         let method = message.get("method").and_then(Value::as_str);
-        let uri = message.pointer("/params/uri").and_then(Value::as_str);
+        // `get`, not `pointer` (which allocates for its path): every message is noted.
+        let uri = message.get("params").and_then(|p| p.get("uri")).and_then(Value::as_str);
         match (method, uri) {
             (Some("resources/subscribe"), Some(uri)) => match self.subscriptions.iter_mut().find(|(u, _)| u == uri) {
                 Some((_, request)) => *request = message.clone(),

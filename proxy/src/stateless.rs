@@ -20,7 +20,9 @@ const NAME_HEADER: HeaderName = HeaderName::from_static(mcp_wire::NAME_HEADER);
 /// The stateless revision a message was sent under, if any: the per-request protocol
 /// version, when it names 2026-07-28 or a later revision (dates compare as strings).
 pub fn revision(message: &Value) -> Option<&str> {
-    let version = message.pointer("/params/_meta")?.get(META_PROTOCOL_VERSION)?.as_str()?;
+    // `get` rather than `pointer`: every message passes here, and `pointer` splits and
+    // unescapes its path into new strings on each call.
+    let version = message.get("params")?.get("_meta")?.get(META_PROTOCOL_VERSION)?.as_str()?;
     (is_date(version) && version >= FIRST_STATELESS_REVISION).then_some(version)
 }
 

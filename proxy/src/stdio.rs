@@ -96,10 +96,10 @@ pub async fn run<R: Into<Upstream>>(
         // The handshake keeps its order: `initialize`, then `notifications/initialized`,
         // each delivered before anything after it is sent.
         if matches!(message.get("method").and_then(Value::as_str), Some("initialize" | "notifications/initialized")) {
-            relay.forward(message).await;
+            relay.forward(message, line).await;
         } else {
             let relay = relay.clone();
-            in_flight.spawn(async move { relay.forward(message).await });
+            in_flight.spawn(async move { relay.forward(message, line).await });
         }
     }
     relay.end_listens();

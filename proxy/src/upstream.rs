@@ -12,14 +12,18 @@ use futures_util::future::{BoxFuture, Shared};
 use mcp_wire::{PROJECT_HEADER, PROJECT_ID_HEADER};
 use serde_json::{Value, json};
 
-use reqwest::RequestBuilder;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, RequestBuilder};
 
 use crate::config::{DaemonSpec, ProjectId, Target, Transport};
 use crate::filter::ToolGate;
+use crate::http_client::{Direct, Reply};
 use crate::legacy_sse::SseRelay;
 use crate::relay::{Output, Relay, RelayError, encode_project, error_chain};
 use crate::runtime::RuntimeDir;
+
+const PROJECT: HeaderName = HeaderName::from_static(PROJECT_HEADER);
+const PROJECT_ID: HeaderName = HeaderName::from_static(PROJECT_ID_HEADER);
 
 /// What every relay needs: the daemon and how to find or start it, an HTTP client with
 /// the request headers every message carries, and the client's stdout.
@@ -28,6 +32,9 @@ pub struct Link {
     pub runtime: RuntimeDir,
     pub manager_port: u16,
     pub client: reqwest::Client,
+    /// For a hosted stdio server (mcp-host): hyper's client itself, which the streamable
+    /// relay sends with instead of `client` (`http_client`).
+    pub direct: Option<Direct>,
     /// `Mcp-Project-Path`, percent-encoded.
     pub project: Option<HeaderValue>,
     /// `Mcp-Project-Id` (`project_id = "git-remote"`), percent-encoded: worked out once, on
@@ -63,21 +70,45 @@ impl Link {
             Err(problem) => (plain_client(), Some(problem)),
         };
         let gate = Arc::new(ToolGate::new(&spec.name, spec.tools.clone()));
-        Link { spec, runtime, manager_port, client, project, project_id, extra_headers, out, gate, unusable }
+        let direct = (spec.transport == Transport::Stdio).then(Direct::new);
+        Link { spec, runtime, manager_port, client, direct, project, project_id, extra_headers, out, gate, unusable }
     }
 
     /// `req` with the project's headers: `Mcp-Project-Path`, and `Mcp-Project-Id` when
     /// configured.
     pub async fn with_project(&self, mut req: RequestBuilder) -> RequestBuilder {
+        let mut headers = HeaderMap::new();
+        self.project_headers(&mut headers).await;
+        for (name, value) in headers {
+            if let Some(name) = name {
+                req = req.header(name, value);
+            }
+        }
+        req
+    }
+
+    /// Adds the project's headers (see [`Link::with_project`]) to `headers`.
+    pub async fn project_headers(&self, headers: &mut HeaderMap) {
         if let Some(p) = &self.project {
-            req = req.header(PROJECT_HEADER, p.clone());
+            headers.insert(PROJECT, p.clone());
         }
         if let Some(id) = &self.project_id
             && let Some(id) = id.clone().await
         {
-            req = req.header(PROJECT_ID_HEADER, id);
+            headers.insert(PROJECT_ID, id);
         }
-        req
+    }
+
+    /// Sends one request of the streamable relay (`headers` as they go, the configured
+    /// ones among them), with `direct` when the daemon is hosted, else with `client`.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &url::Url,
+        headers: HeaderMap,
+        body: String,
+    ) -> Result<Reply, String> {
+        crate::http_client::send(&self.client, self.direct.as_ref(), method, url, headers, body).await
     }
 
     /// Writes one message to the client as one line (without the filtered tools when it
@@ -205,9 +236,10 @@ impl Upstream {
         }
     }
 
-    /// Forwards one client message; every answer and stream message goes to stdout. A
-    /// call of a filtered tool is answered here and never sent.
-    pub async fn forward(&self, message: Value) {
+    /// Forwards one client message (`line`: its text as the client wrote it); every
+    /// answer and stream message goes to stdout. A call of a filtered tool is answered
+    /// here and never sent.
+    pub async fn forward(&self, message: Value, line: String) {
         if let Some(problem) = &self.unusable {
             if let Some(answer) =
                 answer_requests(&message, -32603, &format!("mcp-proxy: daemon `{}`: {problem}", self.name))
@@ -216,13 +248,16 @@ impl Upstream {
             }
             return;
         }
+        // The gate passes a single message whole or not at all (only a batch can lose
+        // some of its calls), so a single one goes as the client wrote it.
+        let text = (!message.is_array()).then_some(line);
         let admitted = self.gate.admit(message);
         if let Some(refusal) = admitted.refusal {
             let _ = self.out.send(refusal.to_string()).await;
         }
         if let Some(message) = admitted.forward {
             match &self.kind {
-                Kind::Streamable(r) => r.forward(message).await,
+                Kind::Streamable(r) => r.forward(message, text).await,
                 Kind::LegacySse(r) => r.forward(message).await,
             }
         }
