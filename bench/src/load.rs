@@ -185,10 +185,12 @@ pub fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// `clients` concurrent clients, each one request at a time, for `warmup` (discarded)
-/// then `duration`; every answer's status is checked, small answers fully.
+/// then `duration`; every answer's status is checked, small answers fully. Client `c`
+/// sends to `urls[c % urls.len()]` (several daemons serving one database share the load
+/// round-robin; no URL, no requests).
 pub async fn run(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[&str],
     project: &str,
     clients: usize,
     warmup: Duration,
@@ -199,6 +201,7 @@ pub async fn run(
     let measure_from = start + warmup;
     let end = measure_from + duration;
     let one = |c: usize| async move {
+        let url = urls.get(c % urls.len().max(1)).copied();
         let mut rng = Rng::new(c as u64 + 1 + gen_.counter.get());
         let mut lat: Vec<u64> = Vec::with_capacity(4096);
         let mut errors = 0usize;
@@ -207,7 +210,7 @@ pub async fn run(
         let mut bytes = 0usize;
         let mut id = (c as u64) << 40;
         let mut checked = false;
-        loop {
+        while let Some(url) = url {
             let t0 = Instant::now();
             if t0 >= end || lat.len() >= MAX_REQUESTS_PER_CLIENT {
                 break;

@@ -2,17 +2,22 @@
 //! measured side by side with the Node originals (`@pepk/mcp-memory-sqlite` 1.1.1,
 //! `mcp-session-manager` 1.0.1) and a fixed-answer floor server, in one run on one
 //! machine; and one stdio server (the official `server-everything`) shared by 8 sessions
-//! through `mcp-host`, against 8 copies of it. Writes `RESULTS.md`, `results.jsonl` and
-//! `ratios.svg` into the output directory.
+//! through `mcp-host`, against 8 copies of it; and team memory, memory-server on a
+//! throwaway PostgreSQL. Writes `RESULTS.md`, `results.jsonl` and `ratios.svg` into the
+//! output directory.
 
 mod daemon;
 mod floor;
 mod load;
+// The e2e tests' throwaway PostgreSQL server (std only, written to be included here).
+#[path = "../../tests/support/postgres.rs"]
+mod postgres;
 mod proxy;
 mod report;
 mod sharing;
 mod soak;
 mod sys;
+mod team;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,8 +46,10 @@ pub struct Args {
     pub warmup_ms: Option<u64>,
     /// Run only these parts, comma-separated: daemon workload names (open_nodes, search_nodes,
     /// read_graph, ping, search_scaling, create_entities, add_observations), `proxy`,
-    /// `sharing` (8 sessions of one stdio server through mcp-host against 8 copies of it)
-    /// and/or `soak` (one daemon for --soak-secs under a mixed load over 500 projects).
+    /// `sharing` (8 sessions of one stdio server through mcp-host against 8 copies of it),
+    /// `team` (memory-server on a throwaway PostgreSQL beside ours and Node, and 1 to 3
+    /// daemons on one database) and/or `soak` (one daemon for --soak-secs under a mixed
+    /// load over 500 projects).
     /// For profiling one workload; the report then shows only what ran.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -171,8 +178,8 @@ async fn run(args: Args) -> Result<(), String> {
     let load_start = sys::loadavg();
     eprintln!("bench: building the release binaries");
     sys::build_release(&root)?;
-    // Only the daemon workloads and the proxies run the Node originals.
-    let npm = if daemon::WORKLOADS.iter().any(|w| s.runs(w)) || s.runs("proxy") {
+    // Only the daemon workloads, the proxies and the team part run the Node originals.
+    let npm = if daemon::WORKLOADS.iter().any(|w| s.runs(w)) || s.runs("proxy") || s.runs("team") {
         sys::ensure_node_originals(&root)?
     } else {
         root.join("target").join("bench-npm")
@@ -208,6 +215,9 @@ async fn run(args: Args) -> Result<(), String> {
         if ctx.s.runs("sharing") {
             sharing::run(&ctx, &mut rec).await?;
         }
+        if ctx.s.runs("team") {
+            team::run(&ctx, &mut rec).await?;
+        }
         if ctx.s.runs("soak") {
             soak::run(&ctx, &mut rec, &ctx.s.soak).await?;
         }
@@ -239,6 +249,10 @@ async fn run(args: Args) -> Result<(), String> {
     std::fs::write(out.join("results.jsonl"), jsonl).map_err(|e| e.to_string())?;
     let (mut md, svg) = report::render(&info, &ctx.s, &rec.lines);
     if let Some(section) = sharing::report(&rec.lines, &info) {
+        md.push('\n');
+        md.push_str(&section);
+    }
+    if let Some(section) = team::report(&rec.lines, &info) {
         md.push('\n');
         md.push_str(&section);
     }

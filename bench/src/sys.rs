@@ -273,3 +273,16 @@ pub fn alive(pid: u32) -> bool {
         .and_then(|s| s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st != "Z" && st != "X")))
         .unwrap_or(false)
 }
+
+/// CPU time a process has used (user + system), in clock ticks, from `/proc/<pid>/stat`.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state (field 3), ... utime (14), stime (15).
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it cannot say).
+pub fn clock_ticks_per_sec() -> f64 {
+    cmd_out("getconf", &["CLK_TCK"]).parse::<f64>().ok().filter(|t| *t > 0.0).unwrap_or(100.0)
+}
