@@ -59,7 +59,7 @@ impl TestPostgres {
         pg.write_config();
         pg.start_on_free_port();
         pg.psql_admin(&format!("CREATE ROLE {APP_ROLE} LOGIN;\nCREATE DATABASE {APP_ROLE} OWNER {APP_ROLE};"));
-        pg.check_extensions(&["pg_trgm", "btree_gin"]);
+        pg.check_extensions(&["pg_trgm"]);
         pg
     }
 

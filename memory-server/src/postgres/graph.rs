@@ -325,7 +325,16 @@ pub(crate) async fn search_nodes(tx: &Tx<'_>, project: i64, query: &str) -> Resu
                   ORDER BY id",
             )
             .await?;
-        tx.query(&stmt, &[&project, &contains_pattern(&needle)]).await?
+        // A generic plan (chosen after five runs of a prepared statement) knows nothing of
+        // the needle and may walk the project's rows instead of the trigram index: plan
+        // each search for its needle. Sent in the same pipeline as the query.
+        let pattern = contains_pattern(&needle);
+        let params: [&(dyn ToSql + Sync); 2] = [&project, &pattern];
+        let (_, rows) = futures_util::try_join!(
+            tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan"),
+            tx.query(&stmt, &params)
+        )?;
+        rows
     };
     subgraph(tx, project, &rows).await
 }
