@@ -284,8 +284,9 @@ impl Wal {
 /// loads one (`memory-server import --database`), timed, then `VACUUM (ANALYZE)`s the
 /// tables, as a team server's autovacuum does within a minute of such an import. Both
 /// matter to the search: the statistics choose its plan, and the vacuum merges the rows
-/// waiting in the GIN indexes' pending lists (up to 4 MB each, which every search reads
-/// through; a manual `ANALYZE` alone leaves them, and searches took 6x as long).
+/// waiting in the GIN indexes' pending lists (up to 256 kB each, the schema's
+/// `gin_pending_list_limit`, which every search reads through; a manual `ANALYZE` alone
+/// leaves them, and searches took 6x as long).
 fn import_timed(
     ctx: &Ctx,
     rec: &mut Rec,
@@ -524,7 +525,7 @@ pub fn report(lines: &[Value], info: &Info) -> Option<String> {
          {big}-entity project beside it (each import followed by `VACUUM (ANALYZE)`, which also merges the rows \
          waiting in the GIN indexes' pending lists into the indexes), before any write; the last row once the \
          create_entities workloads above have written {created} entities into the {main}-entity project, \
-         without a vacuum since: PostgreSQL keeps rows new to a GIN index in its pending list (up to 4 MB, \
+         without a vacuum since: PostgreSQL keeps rows new to a GIN index in its pending list (up to 256 kB, \
          `gin_pending_list_limit`) until a vacuum or a full list merges them, and every search reads the whole \
          list. Ours keeps each project in its own file, so its rows differ only by the moment they were \
          measured.\n"
