@@ -266,6 +266,24 @@ async fn three_daemons_share_one_database() {
     assert_eq!(count(&pg, "memory_entities"), 1601 + 100);
     let graph = Http::new(urls[1].clone()).with_project(&project).read_graph().await;
     assert_eq!(entity_names(&graph).len(), 1701);
+
+    // Fresh projects first touched through all three daemons at once: each gets one row
+    // (a daemon that loses the race to create it finds the winner's), and no call fails.
+    let mut first_touches = Vec::new();
+    for p in 0..20 {
+        for url in &urls {
+            let http = Http::new(url.clone());
+            first_touches.push(tokio::spawn(async move {
+                let id = format!("fresh-{p}");
+                result_with(&http, &[("mcp-project-id", &id)], "create_entities", entity("x")).await
+            }));
+        }
+    }
+    for t in first_touches {
+        let result = t.await.unwrap();
+        assert!(result.get("isError").is_none_or(|e| e == false), "{result}");
+    }
+    assert_eq!(pg.psql("SELECT count(*) FROM memory_projects WHERE key LIKE 'fresh-%'"), "20");
     listener.cancel().await.unwrap();
     writer.cancel().await.unwrap();
 }

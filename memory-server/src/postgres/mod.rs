@@ -273,11 +273,20 @@ impl Database {
                     )
                     .await
                     .map_err(|e| self.error(e))?;
-                let row = client
-                    .query_one(&stmt, &[&key.as_str(), &graph::hash(key.as_str())])
-                    .await
-                    .map_err(|e| self.error(e))?;
-                Ok(row.get::<_, i64>(0))
+                // Another daemon inserting the same key at the same moment commits after this
+                // statement's snapshot: the insert then does nothing and the select does not
+                // see that row yet. The next statement, with a new snapshot, does.
+                let hash = graph::hash(key.as_str());
+                for _ in 0..3 {
+                    let row = client.query_opt(&stmt, &[&key.as_str(), &hash]).await.map_err(|e| self.error(e))?;
+                    if let Some(row) = row {
+                        return Ok(row.get::<_, i64>(0));
+                    }
+                }
+                Err(PgError::Query {
+                    db: self.shown().to_owned(),
+                    reason: format!("project {key} could not be created"),
+                })
             })
             .await?;
         if self.projects.len() >= MAX_CACHED_PROJECTS {
