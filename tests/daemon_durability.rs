@@ -618,10 +618,24 @@ async fn adopts_a_node_server_database_in_place() {
     assert_eq!(version, latest_migration());
     assert_eq!(node_schema(&conn), schema_before, "the Node server's schema objects are unchanged");
     assert_eq!(integrity_check(&conn), "ok");
-    // The migration indexed the adopted rows for search.
+    // The migration indexed the adopted rows for search, and stored their lower-cased
+    // text (JavaScript's lower-casing, not this plain connection's ASCII-only lower()).
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     assert_eq!(count("SELECT count(*) FROM entity_fts"), count("SELECT count(*) FROM entities"));
     assert_eq!(count("SELECT count(*) FROM observation_fts"), count("SELECT count(*) FROM observations"));
+    assert_eq!(count("SELECT count(*) FROM entity_text"), count("SELECT count(*) FROM entities"));
+    assert_eq!(count("SELECT count(*) FROM observation_text"), count("SELECT count(*) FROM observations"));
+    let stored: Vec<(String, String)> = conn
+        .prepare("SELECT e.name, t.name_lc FROM entities e JOIN entity_text t ON t.id = e.rowid")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(stored.iter().any(|(name, _)| !name.is_ascii()), "the fixture holds non-ASCII names");
+    for (name, lower) in &stored {
+        assert_eq!(lower, &name.to_lowercase(), "entity_text of {name}");
+    }
     drop(conn);
 
     // search_nodes finds adopted data, through the index (three or more characters) and

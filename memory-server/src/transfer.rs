@@ -14,9 +14,10 @@ use serde::Deserialize;
 use crate::postgres::{self, Database, DatabaseUrl, PgError, Project, ProjectKey};
 use crate::project::ProjectPath;
 use crate::routing::Router;
+use crate::store::graph;
 use crate::store::model::{Entity, KnowledgeGraph, Relation};
 use crate::store::registry::StoreLimits;
-use crate::store::{DbFile, Store, StoreError};
+use crate::store::{DbFile, GraphError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -83,14 +84,18 @@ enum Record {
 /// line; a malformed line aborts with its number and nothing is imported.
 pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError> {
     let sqlite = |source| TransferError::Sqlite { path: store.path().display().to_string(), source };
+    let indexing = |e| match e {
+        GraphError::Sqlite(source) => sqlite(source),
+        other => TransferError::Store(StoreError::Graph(other)),
+    };
     store.with_writer(|conn| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite)?;
-        let deferred = DeferredIndex::begin(&tx).map_err(sqlite)?;
+        let deferred = DeferredIndex::begin(&tx).map_err(indexing)?;
         let mut importer = Importer::new(&tx).map_err(sqlite)?;
         read_records(file, |record| importer.add(record).map_err(sqlite))?;
         let report = importer.report;
         drop(importer);
-        deferred.finish(&tx).map_err(sqlite)?;
+        deferred.finish(&tx).map_err(indexing)?;
         tx.commit().map_err(sqlite)?;
         Ok(report)
     })
@@ -158,8 +163,9 @@ fn read_records(file: &Path, mut add: impl FnMut(Record) -> Result<(), TransferE
 /// re-indexing through that list is slower than indexing the new rows in one statement
 /// at the end. So, inside the
 /// import's transaction (other writers wait; a failure rolls the DDL back too), the
-/// insert triggers are dropped, the rows added after the import's starting point are
-/// indexed in bulk, and the triggers are recreated from their own stored SQL.
+/// rows already noted are indexed, the insert triggers are dropped, the rows added after
+/// the import's starting point are indexed in bulk (`graph::index_imported_rows`), and
+/// the triggers are recreated from their own stored SQL.
 struct DeferredIndex {
     triggers: Vec<String>,
     last_entity: i64,
@@ -169,7 +175,13 @@ struct DeferredIndex {
 const INSERT_TRIGGERS: &str = "('entities_fts_insert', 'observations_fts_insert')";
 
 impl DeferredIndex {
-    fn begin(tx: &Connection) -> rusqlite::Result<Self> {
+    fn begin(tx: &Connection) -> Result<Self, GraphError> {
+        // A deleted entity whose note still waits keeps its rowid in the search tables,
+        // and the import may give that rowid to a new entity: with nothing waiting, the
+        // rows indexed at the end are all new there.
+        if graph::search_index_is_stale(tx)? {
+            graph::repair_search_index(tx)?;
+        }
         let mut stmt = tx.prepare(&format!(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN {INSERT_TRIGGERS}"
         ))?;
@@ -189,16 +201,8 @@ impl DeferredIndex {
         })
     }
 
-    fn finish(self, tx: &Connection) -> rusqlite::Result<()> {
-        tx.execute(
-            "INSERT INTO entity_fts(rowid, name, entity_type)
-                 SELECT rowid, lower(name), lower(entity_type) FROM entities WHERE rowid > ?1",
-            [self.last_entity],
-        )?;
-        tx.execute(
-            "INSERT INTO observation_fts(rowid, content) SELECT id, lower(content) FROM observations WHERE id > ?1",
-            [self.last_observation],
-        )?;
+    fn finish(self, tx: &Connection) -> Result<(), GraphError> {
+        graph::index_imported_rows(tx, self.last_entity, self.last_observation)?;
         for sql in &self.triggers {
             tx.execute_batch(sql)?;
         }

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_incremental_search_merge.sql",
         sql: include_str!("../../../migrations/0005_incremental_search_merge.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_search_text.sql",
+        sql: include_str!("../../../migrations/0006_search_text.sql"),
+    },
 ];
 
 pub fn latest_version() -> u32 {
@@ -91,6 +96,9 @@ pub fn check_adoptable(conn: &Connection) -> Result<u32, MigrateError> {
 /// nothing half done. The schema is checked again inside the transaction (another
 /// process may have changed it since [`check_adoptable`]). Returns the names applied.
 pub fn migrate(conn: &mut Connection) -> Result<Vec<&'static str>, MigrateError> {
+    // Migrations index existing rows for search: with our lower() (SQLite's own folds
+    // ASCII only) and search_signature(), whoever opened the connection.
+    super::register_search_functions(conn)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current = check_adoptable(&tx)?;
     let pending: Vec<&Migration> = MIGRATIONS.iter().filter(|m| m.version > current).collect();
@@ -115,7 +123,9 @@ static SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
     let mut schemas = Vec::new();
     // An in-memory database and the embedded SQL: neither can fail short of a bug,
     // which the unit tests would show; an empty schema then refuses every file.
-    if let Ok(conn) = Connection::open_in_memory() {
+    if let Ok(conn) = Connection::open_in_memory()
+        && super::register_search_functions(&conn).is_ok()
+    {
         for m in MIGRATIONS {
             let ok = conn.execute_batch(m.sql).is_ok();
             schemas.push(if ok { Schema::read(&conn).unwrap_or_default() } else { Schema::default() });
@@ -225,6 +235,79 @@ mod tests {
         ours.execute_batch("CREATE TABLE extra (x)").unwrap();
         let err = check_adoptable(&ours).unwrap_err().to_string();
         assert!(err.contains("table `extra`") && err.contains("version"), "{err}");
+    }
+
+    /// A file of the previous version (with rows, some of them noted for re-indexing)
+    /// is migrated in place: the stored lower-cased text of every row is filled with our
+    /// `lower()`, so it holds JavaScript's lower-casing, and its signature.
+    #[test]
+    fn a_version_5_file_gets_the_lower_cased_text_of_every_row() {
+        // A plain connection: `migrate` brings our functions itself.
+        let mut conn = Connection::open_in_memory().unwrap();
+        // As on our connections: an observation may name an entity that does not exist.
+        conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+        for m in &MIGRATIONS[..5] {
+            conn.execute_batch(m.sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO entities (name, entity_type) VALUES ('MÜLLER', 'Person'), ('ΟΔΟΣ', 'Straße');
+             INSERT INTO observations (entity_name, content) VALUES ('MÜLLER', 'ÄPFEL UND İ'), ('ghost', 'X');
+             DELETE FROM search_stale WHERE id = 1;",
+        )
+        .unwrap();
+        assert_eq!(check_adoptable(&conn).unwrap(), 5);
+        assert_eq!(migrate(&mut conn).unwrap(), ["0006_search_text.sql"]);
+        assert_eq!(check_adoptable(&conn).unwrap(), latest_version());
+        let rows = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(
+            rows("SELECT id || ' ' || name || ' ' || name_lc || ' ' || entity_type_lc FROM entity_text ORDER BY id"),
+            ["1 MÜLLER müller person", "2 ΟΔΟΣ οδος straße"]
+        );
+        assert_eq!(
+            rows("SELECT id || ' ' || entity_name || ' ' || content_lc FROM observation_text ORDER BY id"),
+            ["1 MÜLLER äpfel und i\u{307}", "2 ghost x"]
+        );
+        let signatures: Vec<(i64, i64)> = conn
+            .prepare("SELECT name_sig, entity_type_sig FROM entity_text ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        use super::super::graph::signature;
+        assert_eq!(signatures, [(signature("müller"), signature("person")), (signature("οδος"), signature("straße"))]);
+    }
+
+    /// The new tables are part of the schema compared: missing, extra or different
+    /// ones are named.
+    #[test]
+    fn the_search_text_tables_are_compared_like_any_other() {
+        let mut lacking = Connection::open_in_memory().unwrap();
+        migrate(&mut lacking).unwrap();
+        lacking.execute_batch("DROP TABLE observation_text").unwrap();
+        let err = check_adoptable(&lacking).unwrap_err().to_string();
+        assert!(err.contains("lacks table `observation_text`"), "{err}");
+
+        let early = Connection::open_in_memory().unwrap();
+        for m in &MIGRATIONS[..5] {
+            early.execute_batch(m.sql).unwrap();
+        }
+        early.pragma_update(None, "user_version", 5).unwrap();
+        early.execute_batch("CREATE TABLE entity_text (id INTEGER PRIMARY KEY, name)").unwrap();
+        let err = check_adoptable(&early).unwrap_err().to_string();
+        assert!(err.contains("table `entity_text`") && err.contains("version 5"), "{err}");
+
+        let mut altered = Connection::open_in_memory().unwrap();
+        migrate(&mut altered).unwrap();
+        altered
+            .execute_batch("DROP TABLE entity_text; CREATE TABLE entity_text (id INTEGER PRIMARY KEY, name)")
+            .unwrap();
+        let err = check_adoptable(&altered).unwrap_err().to_string();
+        assert!(err.contains("its table `entity_text` has columns (id INTEGER PK, name )"), "{err}");
     }
 
     #[test]

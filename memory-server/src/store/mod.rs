@@ -263,7 +263,20 @@ fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")?;
     conn.set_prepared_statement_cache_capacity(64);
-    register_js_lower(conn)
+    register_search_functions(conn)
+}
+
+/// The SQL functions indexing rows for search calls: our `lower()` and
+/// `search_signature()` (see `graph::signature_of_value`). Registered on every connection
+/// we open, and again by `migrate::migrate` on the connection it is given.
+fn register_search_functions(conn: &Connection) -> rusqlite::Result<()> {
+    register_js_lower(conn)?;
+    conn.create_scalar_function(
+        "search_signature",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS,
+        |ctx| Ok(graph::signature_of_value(ctx.get_raw(0))),
+    )
 }
 
 /// Overrides SQL `lower()` with Unicode lower-casing as JavaScript's `toLowerCase` does

@@ -411,8 +411,8 @@ async fn entities(State(st): State<AppState>, Query(params): Params) -> Result<R
 }
 
 /// A page of `query`'s matches, as `search_nodes` finds them: rows written but not yet
-/// in the search index are indexed first (as the tool does), since the index must hold
-/// them for an indexed plan to find them.
+/// in the search index are indexed first (as the tool does), since every search reads
+/// the index (the trigram tables and the stored lower-cased text), which must hold them.
 fn search_page(store: &Store, query: &str, at: PageAt, limit: usize) -> Result<browse::EntityPage, StoreError> {
     let page = |c: &rusqlite::Connection| browse::entity_page(c, query, store.trigram_counts(), at, limit);
     if query.is_empty() {

@@ -79,58 +79,19 @@ pub struct EntityPage {
 /// Entities one walk looks at, at most, for a search's page (see [`entity_page`]).
 pub const WALK_WINDOW: usize = 4_096;
 
-/// Whether the text `$x` holds the lower-cased needle `?1` as `search_nodes` decides it,
-/// `instr(lower($x), ?1) > 0`, but without calling our `lower()` (a Rust function: a
-/// call and a copy per row, half a scan's time) where SQLite's own `LIKE` gives the same
-/// answer: `?2` is the needle as a `LIKE` pattern (`%needle%`, escaped with `\`) when the
-/// needle is ASCII without NUL, else NULL. `LIKE` folds ASCII case only; on a text with
-/// no multi-byte character that is all JavaScript's lower-casing does too, and a text
-/// whose length in characters equals its length in bytes has none (`length` stops at a
-/// NUL, so a NUL makes them differ too; a byte that is not UTF-8 counts as one
-/// character either way, and is a non-ASCII character to both, which an ASCII needle
-/// never matches). A BLOB goes the `lower()` way: `lower()` leaves its case alone.
-macro_rules! has_needle {
-    ($x:literal) => {
-        concat!(
-            "(CASE WHEN ?2 IS NOT NULL AND typeof(",
-            $x,
-            ") = 'text' AND length(",
-            $x,
-            ") = octet_length(",
-            $x,
-            ")",
-            " THEN ",
-            $x,
-            " LIKE ?2 ESCAPE '\\' ELSE instr(lower(",
-            $x,
-            "), ?1) > 0 END)"
-        )
-    };
-}
-
-/// The walk's test of one entity `e`: its name, its type, or one of its observations
-/// (an index lookup) holds the needle (see [`has_needle`]).
+/// The walk's test of one entity `e` (a row of `entities`) whose stored lower-cased
+/// name and type are `t` (its row of `entity_text`): `search_nodes`' decision for it
+/// (see `graph::scanned_matches`), its name or type holding the lower-cased needle `?1`
+/// (whose signature is `?5`), or one of its observations (found by the entity-name
+/// index, its text by id). Joined with `LEFT JOIN`, so that even an entity without its
+/// `entity_text` row is still decided by its observations, as the scan decides it.
 macro_rules! walk_test {
     () => {
-        concat!(
-            "(",
-            has_needle!("e.name"),
-            " OR ",
-            has_needle!("e.entity_type"),
-            " OR EXISTS (SELECT 1 FROM observations o WHERE o.entity_name = e.name AND ",
-            has_needle!("o.content"),
-            "))"
-        )
+        "((t.name_sig & ?5 = ?5 AND instr(t.name_lc, ?1) > 0)
+          OR (t.entity_type_sig & ?5 = ?5 AND instr(t.entity_type_lc, ?1) > 0)
+          OR EXISTS (SELECT 1 FROM observations o JOIN observation_text ot ON ot.id = o.id
+                      WHERE o.entity_name = e.name AND ot.content_sig & ?5 = ?5 AND instr(ot.content_lc, ?1) > 0))"
     };
-}
-
-/// The `LIKE` pattern that finds `needle` where [`has_needle`] may use one.
-fn like_pattern(needle: &str) -> Option<String> {
-    // SQLite refuses patterns over 50,000 bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH).
-    if !needle.is_ascii() || needle.contains('\0') || needle.len() > 10_000 {
-        return None;
-    }
-    Some(crate::memory::contains_pattern(needle))
 }
 
 /// The page of `limit` entities at `at` among those `query` matches, with exactly
@@ -146,7 +107,7 @@ fn like_pattern(needle: &str) -> Option<String> {
 /// its matches costs a third of a second on 100,000 entities; its total is then a lower
 /// bound. A walk that finds less than a page in its window means the matches are sparse,
 /// and the whole matching statement runs (indexed from three characters on, else a
-/// scan) and counts them exactly.
+/// scan of the stored lower-cased text) and counts them exactly.
 pub fn entity_page(
     conn: &Connection,
     query: &str,
@@ -173,16 +134,12 @@ pub(crate) fn entity_page_walking(
         Matcher::All => return whole_list_page(conn, at, limit),
         Matcher::Indexed { needle, .. } | Matcher::Scan { needle } => needle,
     };
-    let pattern = like_pattern(needle);
     if !matches!(matcher, Matcher::Indexed { selective: true, .. })
-        && let Some(page) = walk_page(conn, needle, pattern.as_deref(), at, limit, window)?
+        && let Some(page) = walk_page(conn, needle, at, limit, window)?
     {
         return Ok(page);
     }
-    let rowids = match matcher.indexed_rowids(conn)? {
-        Some(rowids) => rowids,
-        None => scanned_rowids(conn, needle, pattern.as_deref())?,
-    };
+    let rowids = matcher.rowids(conn)?;
     // `rowids` is ascending: a cursor's place is found by binary search.
     let (start, end) = match at {
         PageAt::First => (0, limit.min(rowids.len())),
@@ -213,7 +170,6 @@ pub(crate) fn entity_page_walking(
 fn walk_page(
     conn: &Connection,
     needle: &str,
-    pattern: Option<&str>,
     at: PageAt,
     limit: usize,
     window: usize,
@@ -227,23 +183,23 @@ fn walk_page(
     let window = window as i64;
     let mut walk = conn.prepare_cached(if forward {
         concat!(
-            "SELECT e.rowid FROM (SELECT rowid, name, entity_type FROM entities
-                                   WHERE rowid > ?3 ORDER BY rowid LIMIT ?4) e
+            "SELECT e.rowid FROM (SELECT rowid, name FROM entities WHERE rowid > ?2 ORDER BY rowid LIMIT ?3) e
+               LEFT JOIN entity_text t ON t.id = e.rowid
               WHERE ",
             walk_test!(),
-            " ORDER BY e.rowid LIMIT ?5"
+            " ORDER BY e.rowid LIMIT ?4"
         )
     } else {
         concat!(
-            "SELECT e.rowid FROM (SELECT rowid, name, entity_type FROM entities
-                                   WHERE rowid < ?3 ORDER BY rowid DESC LIMIT ?4) e
+            "SELECT e.rowid FROM (SELECT rowid, name FROM entities WHERE rowid < ?2 ORDER BY rowid DESC LIMIT ?3) e
+               LEFT JOIN entity_text t ON t.id = e.rowid
               WHERE ",
             walk_test!(),
-            " ORDER BY e.rowid DESC LIMIT ?5"
+            " ORDER BY e.rowid DESC LIMIT ?4"
         )
     })?;
     let mut matched: Vec<i64> = walk
-        .query(params![needle, pattern, cursor, window, limit as i64 + 1])?
+        .query(params![needle, cursor, window, limit as i64 + 1, super::signature(needle)])?
         .mapped(|r| r.get(0))
         .collect::<Result<_, _>>()?;
     let began_at_edge = matches!(at, PageAt::First | PageAt::Last);
@@ -285,22 +241,6 @@ fn walk_page(
         has_before: if forward { !began_at_edge } else { more },
         has_after: if forward { more } else { !began_at_edge },
     }))
-}
-
-/// The rowids of the entities the needle matches, ascending: `search_nodes`' scan
-/// ([`super::scanned_matches`]) with [`has_needle`]'s test. One statement.
-fn scanned_rowids(conn: &Connection, needle: &str, pattern: Option<&str>) -> Result<Vec<i64>, GraphError> {
-    let mut stmt = conn.prepare_cached(concat!(
-        "SELECT rowid FROM entities WHERE name IN (
-             SELECT name FROM entities WHERE ",
-        has_needle!("name"),
-        " OR ",
-        has_needle!("entity_type"),
-        " UNION SELECT entity_name FROM observations WHERE ",
-        has_needle!("content"),
-        ") ORDER BY rowid"
-    ))?;
-    Ok(stmt.query(params![needle, pattern])?.mapped(|r| r.get(0)).collect::<Result<_, _>>()?)
 }
 
 /// A page of the unfiltered list by rowid range: `limit` rows and two index walks, never

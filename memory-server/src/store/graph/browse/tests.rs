@@ -1,6 +1,6 @@
 //! The browser's reads on small graphs: paging and its counts (walked, indexed, scanned),
-//! `has_needle` against `instr(lower(..))` on every kind of value SQLite may hold, one
-//! entity's page, and neighbourhoods with their cap.
+//! the stored lower-cased text against `instr(lower(..))` on every kind of value SQLite
+//! may hold, one entity's page, and neighbourhoods with their cap.
 
 use super::*;
 use crate::store::Store;
@@ -27,57 +27,127 @@ fn names(page: &EntityPage) -> Vec<&str> {
     page.items.iter().map(|i| i.name.as_str()).collect()
 }
 
-/// `has_needle` decides exactly as `instr(lower(x), needle) > 0` on text that is ASCII
-/// or not, text that is not UTF-8 (which another program may store), text with a NUL,
-/// BLOBs (which `lower()` leaves alone) and NULL, for needles with and without `LIKE`
-/// patterns.
+/// The stored lower-cased text decides exactly as `instr(lower(x), needle) > 0` on the
+/// base rows did, on every kind of value another program may store (the Node server or
+/// the sqlite3 shell, with SQLite's ASCII-only `lower()`): text that is ASCII or not,
+/// text that is not UTF-8, text with a NUL, BLOBs (which `lower()` leaves alone), a
+/// number stored as text and the empty text, as a type and as an observation; for the
+/// scan, the indexed plan and the walk in both directions.
 #[test]
-fn has_needle_decides_as_instr_of_lower() {
+fn the_stored_text_decides_as_instr_of_lower_on_any_value() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("memory.db");
-    drop(Store::open(&path).unwrap());
-    let conn = crate::store::readers::open_reader(&path).unwrap();
-    conn.execute_batch(
-        "CREATE TEMP TABLE v(x);
-         INSERT INTO v VALUES ('plain ABC'), ('a_b%c\\d'), ('İx'), ('\u{212A}'), ('Straße'), (NULL),
-             (CAST(x'41c3ff4243' AS TEXT)), (CAST(x'4180c342' AS TEXT)), (CAST(x'610062' AS TEXT)),
-             (x'414243'), (x'616263'), (CAST(x'efbfbd' AS TEXT)), (12), ('');",
-    )
-    .unwrap();
-    let needles = [
-        "a", "ab", "abc", "b", "c", "%", "_", "\\", "a_b", "b%c", "c\\d", "k", "i", "i\u{307}", "x", "ß", "strasse",
-        "\u{FFFD}", "\0", "a\0b", "12", " ",
+    let store = Store::open(&path).unwrap();
+    // (value, whether it is UTF-8 text): the browser's list shows an entity's type, as
+    // text, so only those are types too; every value is an observation.
+    let values = [
+        ("'plain ABC'", true),
+        ("'a_b%c\\d'", true),
+        ("'İx'", true),
+        ("'\u{212A}'", true),
+        ("'Straße'", true),
+        ("CAST(x'41c3ff4243' AS TEXT)", false),
+        ("CAST(x'4180c342' AS TEXT)", false),
+        ("CAST(x'610062' AS TEXT)", true),
+        ("x'414243'", false),
+        ("x'616263'", false),
+        ("CAST(x'efbfbd' AS TEXT)", true),
+        ("12", true),
+        ("''", true),
     ];
-    let mut checked = 0;
-    for needle in needles {
-        let pattern = like_pattern(needle);
-        let mut stmt = conn
-            .prepare(concat!(
-                "SELECT typeof(x) || ' ' || hex(x), ",
-                has_needle!("x"),
-                ", instr(lower(x), ?1) > 0 FROM v"
-            ))
-            .unwrap();
-        let rows = stmt
-            .query_map(rusqlite::params![needle, pattern], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Option<bool>>(1)?, r.get::<_, Option<bool>>(2)?))
-            })
-            .unwrap();
-        for row in rows {
-            let (value, ours, reference) = row.unwrap();
-            assert_eq!(ours.unwrap_or(false), reference.unwrap_or(false), "{value} holds {needle:?}?");
-            checked += 1;
+    {
+        let foreign = rusqlite::Connection::open(&path).unwrap();
+        for (i, (v, text)) in values.iter().enumerate() {
+            let ty = if *text { v } else { "'none'" };
+            foreign
+                .execute_batch(&format!(
+                    "INSERT INTO entities (name, entity_type) VALUES ('typed-{i}', {ty});
+                     INSERT INTO entities (name, entity_type) VALUES ('observed-{i}', 'none');
+                     INSERT INTO observations (entity_name, content) VALUES ('observed-{i}', {v});"
+                ))
+                .unwrap();
         }
     }
-    assert_eq!(checked, needles.len() * 14);
+    store.update_search_index().unwrap();
+    let needles = [
+        "a",
+        "ab",
+        "abc",
+        "b",
+        "c",
+        "%",
+        "_",
+        "\\",
+        "a_b",
+        "b%c",
+        "c\\d",
+        "k",
+        "i",
+        "i\u{307}",
+        "x",
+        "ß",
+        "strasse",
+        "\u{FFFD}",
+        "\0",
+        "a\0b",
+        "12",
+        " ",
+        "bc",
+        "abc",
+        "plain abc",
+        "\u{FFFD}b",
+    ];
+    let counts = TrigramCounts::with_limits(2, 4);
+    let mut matched = 0;
+    for needle in needles {
+        let (ours, reference) = store
+            .read(|c| {
+                let ours = Matcher::plan(c, needle, &counts)?.rowids(c)?;
+                let mut reference = c.prepare(
+                    "SELECT rowid FROM entities WHERE name IN (
+                         SELECT name FROM entities WHERE instr(lower(name), ?1) > 0 OR instr(lower(entity_type), ?1) > 0
+                         UNION SELECT entity_name FROM observations WHERE instr(lower(content), ?1) > 0)
+                      ORDER BY rowid",
+                )?;
+                let reference: Vec<i64> =
+                    reference.query([needle.to_lowercase()])?.mapped(|r| r.get(0)).collect::<Result<_, _>>()?;
+                Ok((ours, reference))
+            })
+            .unwrap();
+        assert_eq!(ours, reference, "{needle:?}");
+        matched += reference.len();
+        for window in [1, 3, 4096] {
+            for forward in [true, false] {
+                let cursors = browse_cursors(&store, needle, &counts, window, forward);
+                assert_eq!(cursors, reference, "browsing {needle:?} (window {window}, forward {forward})");
+            }
+        }
+    }
+    assert!(matched > 2 * needles.len(), "the needles match something: {matched}");
 }
 
-#[test]
-fn like_patterns_escape_and_refuse_what_like_cannot_do() {
-    assert_eq!(like_pattern("a%b_c\\").as_deref(), Some("%a\\%b\\_c\\\\%"));
-    assert_eq!(like_pattern("straße"), None);
-    assert_eq!(like_pattern("a\0"), None);
-    assert_eq!(like_pattern(&"x".repeat(10_001)), None);
+/// Every entity's cursor the browser lists for `q`, two at a time.
+fn browse_cursors(store: &Store, q: &str, counts: &TrigramCounts, window: usize, forward: bool) -> Vec<i64> {
+    let mut at = if forward { PageAt::First } else { PageAt::Last };
+    let mut found = Vec::new();
+    for _ in 0..1_000 {
+        let page = store.read(|c| entity_page_walking(c, q, counts, at, 2, window)).unwrap();
+        let mut cursors: Vec<i64> = page.items.iter().map(|i| i.cursor).collect();
+        let (more, next) = if forward { (page.has_after, cursors.last()) } else { (page.has_before, cursors.first()) };
+        let next = next.copied();
+        if !forward {
+            cursors.reverse();
+        }
+        found.extend(cursors);
+        match (more, next) {
+            (true, Some(c)) => at = if forward { PageAt::After(c) } else { PageAt::Before(c) },
+            _ => break,
+        }
+    }
+    if !forward {
+        found.reverse();
+    }
+    found
 }
 
 /// 300 entities: "even" is the type of every other one, "rare" matches two.
