@@ -58,19 +58,3 @@ impl Memory {
         }
     }
 }
-
-/// A `LIKE` pattern matching texts that contain `needle`: `%needle%` with `%`, `_` and the
-/// escape character itself escaped by a backslash (PostgreSQL's default escape; SQLite's
-/// statements say `ESCAPE '\'`).
-pub fn contains_pattern(needle: &str) -> String {
-    let mut pattern = String::with_capacity(needle.len() + 8);
-    pattern.push('%');
-    for c in needle.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}

@@ -148,12 +148,6 @@ impl Router {
         }
     }
 
-    /// Receives the change notices of the current request's project, whether or not
-    /// its store is open (they survive the store being closed and reopened).
-    pub fn subscribe_current(&self) -> tokio::sync::broadcast::Receiver<()> {
-        self.subscribe(current_project().as_ref())
-    }
-
     /// Receives the change notices of `project` (or the global database), whether or
     /// not its store is open.
     pub fn subscribe(&self, project: Option<&ProjectPath>) -> tokio::sync::broadcast::Receiver<()> {

@@ -38,8 +38,8 @@ pub async fn with_project_key<F: Future>(key: Option<ProjectKey>, fut: F) -> F::
 /// `tools::run`). For the revision 2026-07-28, whose clients cancel by closing the
 /// response stream.
 pub async fn cancellable<F: Future>(fut: F) -> F::Output {
-    let scope =
-        RequestScope { project: current_project(), key: current_key(), cancel: Some(Arc::new(AtomicBool::new(false))) };
+    let Captured(mut scope) = capture();
+    scope.cancel = Some(Arc::new(AtomicBool::new(false)));
     SCOPE.scope(scope, fut).await
 }
 

@@ -101,6 +101,21 @@ pub fn import(store: &Store, file: &Path) -> Result<ImportReport, TransferError>
     })
 }
 
+/// A graph as the records of its JSONL: entities, then relations.
+fn records(graph: KnowledgeGraph) -> impl Iterator<Item = Record> {
+    let entities = graph.entities.into_iter().map(|e| Record::Entity {
+        name: e.name,
+        entity_type: e.entity_type,
+        observations: e.observations,
+    });
+    let relations = graph.relations.into_iter().map(|r| Record::Relation {
+        from: r.from,
+        to: r.to,
+        relation_type: r.relation_type,
+    });
+    entities.chain(relations)
+}
+
 /// Reads the official server's JSONL `file` (or its legacy single-object `memory.json`)
 /// record by record into `add`; a malformed line fails naming its number.
 fn read_records(file: &Path, mut add: impl FnMut(Record) -> Result<(), TransferError>) -> Result<(), TransferError> {
@@ -149,11 +164,8 @@ fn read_records(file: &Path, mut add: impl FnMut(Record) -> Result<(), TransferE
             line: e.line(),
             message: e.to_string(),
         })?;
-        for e in graph.entities {
-            add(Record::Entity { name: e.name, entity_type: e.entity_type, observations: e.observations })?;
-        }
-        for r in graph.relations {
-            add(Record::Relation { from: r.from, to: r.to, relation_type: r.relation_type })?;
+        for record in records(graph) {
+            add(record)?;
         }
     }
     Ok(())
@@ -441,17 +453,7 @@ pub async fn backup_from_database(url: &str, key: &ProjectKey, dest: &Path) -> R
         let report = store.with_writer(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite)?;
             let mut importer = Importer::new(&tx).map_err(sqlite)?;
-            for e in &graph.entities {
-                let record = Record::Entity {
-                    name: e.name.clone(),
-                    entity_type: e.entity_type.clone(),
-                    observations: e.observations.clone(),
-                };
-                importer.add(record).map_err(sqlite)?;
-            }
-            for r in &graph.relations {
-                let record =
-                    Record::Relation { from: r.from.clone(), to: r.to.clone(), relation_type: r.relation_type.clone() };
+            for record in records(graph) {
                 importer.add(record).map_err(sqlite)?;
             }
             let report = importer.report;

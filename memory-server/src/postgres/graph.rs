@@ -16,7 +16,6 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
 use super::{GraphFailure, PgError};
-use crate::memory::contains_pattern;
 use crate::store::model::{
     AddedObservations, Entity, KnowledgeGraph, ObservationAddition, ObservationDeletion, Relation,
 };
@@ -337,6 +336,21 @@ pub(crate) async fn search_nodes(tx: &Tx<'_>, project: i64, query: &str) -> Resu
         rows
     };
     subgraph(tx, project, &rows).await
+}
+
+/// A `LIKE` pattern matching texts that contain `needle`: `%needle%` with `%`, `_` and the
+/// escape character itself escaped by a backslash (PostgreSQL's default escape).
+pub fn contains_pattern(needle: &str) -> String {
+    let mut pattern = String::with_capacity(needle.len() + 8);
+    pattern.push('%');
+    for c in needle.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// The answer for the entity rows `(name, entity_type, name_hash)` found: their

@@ -116,13 +116,12 @@ where
         }
     }
     while let Some(message) = messages.next().await {
-        match message? {
-            AsyncMessage::Notification(n) => match n.payload().parse::<i64>() {
+        // Notices (server warnings) carry nothing for subscribers.
+        if let AsyncMessage::Notification(n) = message? {
+            match n.payload().parse::<i64>() {
                 Ok(project) => channels.announce(project),
                 Err(_) => tracing::debug!(payload = n.payload(), "ignored a foreign notification"),
-            },
-            AsyncMessage::Notice(_) => {}
-            _ => {}
+            }
         }
     }
     // `client` lives until here: dropping it would end the session and its LISTEN.
