@@ -1,4 +1,5 @@
-//! Background work a store owns: WAL checkpoints off the writers' path, the search-index
+//! Background work a store owns: WAL checkpoints off the writers' path (and the short
+//! step that lets the WAL start over under a writer that never pauses), the search-index
 //! update once writes pause, polling for commits by other processes while anyone
 //! subscribes, and the combiner threads. All of it is tracked, so closing the store
 //! stops and joins it before the final index update and checkpoint: nothing outlives
@@ -22,12 +23,28 @@ const INDEX_WHEN_IDLE_AFTER: Duration = Duration::from_millis(5);
 /// How often a store with subscribers looks for commits made by other processes.
 const OUTSIDE_POLL: Duration = Duration::from_millis(500);
 
+/// Passes one background checkpoint makes at most. Each copies what was committed while
+/// the one before ran, so each is a fraction of the one before.
+const CHECKPOINT_PASSES: u32 = 4;
+
+/// A pass that found fewer new WAL frames than this ends the background checkpoint.
+const CHECKPOINT_SETTLED_FRAMES: i64 = 64;
+
+/// WAL frames (pages) from which a background checkpoint asks the combiner to finish it
+/// (see [`Store::finish_checkpoint`]), so that the WAL starts over: about 16 MiB, well
+/// under the writer's automatic checkpoint (`writer::WAL_AUTOCHECKPOINT_PAGES`). Below
+/// it the WAL is left to grow; every finishing step is a short pause for the writers.
+const FINISH_CHECKPOINT_FRAMES: i64 = 4096;
+
 pub(super) struct Maintenance {
     tasks: TaskTracker,
     /// Cancelled when the store closes: waiting tasks end at once.
     stop: CancellationToken,
     /// A background checkpoint is running (one at a time is plenty).
     checkpointing: Arc<AtomicBool>,
+    /// A background checkpoint copied all but what was committed during its last pass,
+    /// of a WAL long enough to start over: the combiner finishes it between two batches.
+    pub(super) checkpoint_to_finish: Arc<AtomicBool>,
     /// When the last background checkpoint was started.
     last_checkpoint: std::sync::Mutex<std::time::Instant>,
     /// An idle index update is waiting for writes to pause.
@@ -45,6 +62,7 @@ impl Maintenance {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             checkpointing: Arc::new(AtomicBool::new(false)),
+            checkpoint_to_finish: Arc::new(AtomicBool::new(false)),
             last_checkpoint: std::sync::Mutex::new(std::time::Instant::now()),
             index_when_idle_pending: AtomicBool::new(false),
             watching: AtomicBool::new(false),
@@ -77,23 +95,44 @@ impl Store {
     /// Folds the WAL back into the database file on a pooled reader, off the writers'
     /// path: a `PASSIVE` checkpoint copies what no reader still needs and never blocks
     /// writers, so no write waits for the copying and the `fsync`s it ends with (with
-    /// SQLite's automatic checkpoint the unlucky commit does all that itself).
+    /// SQLite's automatic checkpoint the unlucky commit does all that itself). See
+    /// [`checkpoint_in_passes`] for how it leaves the WAL ready to start over.
     pub(super) fn checkpoint_in_background(&self) {
         let running = self.upkeep.checkpointing.clone();
         if running.swap(true, Ordering::SeqCst) {
             return;
         }
+        let to_finish = self.upkeep.checkpoint_to_finish.clone();
         let pool = self.readers.pool_for_upkeep();
         let db = self.path().display().to_string();
         self.upkeep.spawn_blocking(move || {
-            let done = pool.get().map_err(|e| e.to_string()).and_then(|conn| {
-                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(|e| e.to_string())
-            });
-            if let Err(error) = done {
-                tracing::debug!(db, error, "background checkpoint did not run");
+            match pool.get().map_err(|e| e.to_string()).and_then(|conn| checkpoint_in_passes(&conn)) {
+                Ok(finish) => to_finish.store(finish, Ordering::SeqCst),
+                Err(error) => tracing::debug!(db, error, "background checkpoint did not run"),
             }
             running.store(false, Ordering::SeqCst);
         });
+    }
+
+    /// Finishes a background checkpoint on the writer connection, for the combiner
+    /// between two batches: nothing commits while it copies the few frames the
+    /// background passes left, so the WAL is then wholly in the database file and the
+    /// next write starts it over from its beginning.
+    ///
+    /// Why it is needed: SQLite starts the WAL over only when a write begins while every
+    /// frame is copied. Under a writer that never pauses, a commit lands during every
+    /// background pass, so that never happens; the WAL grew to the writer's automatic
+    /// checkpoint (10,000 pages), which then ran inside a commit every few hundred
+    /// milliseconds and held every waiting writer for 3 to 10 ms (and `fsync`ed every
+    /// page copied since the last start-over).
+    pub(super) fn finish_checkpoint(&self) {
+        self.upkeep.checkpoint_to_finish.store(false, Ordering::SeqCst);
+        let conn = self.writer.lock();
+        // PASSIVE never waits: a background pass holding the checkpoint lock makes this
+        // a no-op, and a later background checkpoint asks again.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(db = %self.path().display(), error = %e, "finishing checkpoint did not run");
+        }
     }
 
     /// Once writes pause for [`INDEX_WHEN_IDLE_AFTER`], indexes the rows they wrote (a
@@ -214,6 +253,65 @@ impl Store {
             tracing::warn!(db = %self.path().display(), error = %e, "WAL checkpoint failed");
         }
     }
+}
+
+/// A background checkpoint: `PASSIVE` passes, each copying what was committed while
+/// the one before ran, each followed by an `fsync` of the database file, until a pass
+/// finds only a few new frames. Returns whether the combiner should finish it (the WAL
+/// is long, and the passes copied all they saw).
+///
+/// The `fsync`s are what makes the finishing step short. SQLite syncs the database file
+/// only at the end of a checkpoint that reached the WAL's last frame, which under
+/// steady writes is only the finishing one; that one then wrote back every page copied
+/// since the WAL last started over (8 ms for scattered `add_observations`, every time).
+/// Synced here, off the writers' path, the finishing step writes back only its own few.
+fn checkpoint_in_passes(conn: &rusqlite::Connection) -> Result<bool, String> {
+    let mut seen = 0;
+    for _ in 0..CHECKPOINT_PASSES {
+        let (busy, log, copied): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| e.to_string())?;
+        if busy != 0 || copied < log {
+            // Another checkpoint runs, or a reader still reads frames this one may not
+            // overwrite: the WAL cannot start over now, and more passes would not help.
+            return Ok(false);
+        }
+        sync_database_file(conn)?;
+        // The WAL started over since the pass before when it is shorter now.
+        let new = if log >= seen { log - seen } else { log };
+        seen = log;
+        if new < CHECKPOINT_SETTLED_FRAMES {
+            break;
+        }
+    }
+    Ok(seen >= FINISH_CHECKPOINT_FRAMES)
+}
+
+/// `fsync`s the database file through the connection's own open file (SQLite's VFS
+/// `xSync`), so it is the very file SQLite copied pages into, whatever the path now holds.
+fn sync_database_file(conn: &rusqlite::Connection) -> Result<(), String> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is an open connection this thread uses alone for the duration;
+    // SQLITE_FCNTL_FILE_POINTER writes the main database's `sqlite3_file` (owned by the
+    // connection, valid while it is open) into `file`, and `xSync` is that file's own
+    // method, called as SQLite itself calls it, with no lock of SQLite's required.
+    let rc = unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+            return Ok(()); // no file to sync (never for a file database)
+        }
+        match (*(*file).pMethods).xSync {
+            Some(sync) => sync(file, ffi::SQLITE_SYNC_NORMAL),
+            None => ffi::SQLITE_OK,
+        }
+    };
+    if rc == ffi::SQLITE_OK { Ok(()) } else { Err(format!("fsync of the database file failed (SQLite code {rc})")) }
 }
 
 fn committed(store: &Weak<Store>) -> Option<u64> {

@@ -275,3 +275,59 @@ async fn close_joins_background_work_and_leaves_an_empty_wal() {
     let stale: i64 = conn.query_row("SELECT count(*) FROM search_stale", [], |r| r.get(0)).unwrap();
     assert_eq!(stale, 0);
 }
+
+/// Under writes that never pause, a commit lands during every background checkpoint,
+/// and SQLite starts the WAL over only when a write begins with every frame copied: so
+/// the WAL kept growing until SQLite's automatic checkpoint ran inside a commit. The
+/// combiner's finishing step, between two batches, is what lets it start over.
+#[test]
+fn the_wal_starts_over_under_writes_that_never_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let store = Store::open(&path).unwrap();
+    let big = "x".repeat(3000); // a page of its own, in the table and in its index
+    let fill = |round: usize| {
+        store.with_writer(|c| {
+            let tx = c.transaction().unwrap();
+            let entities: Vec<Entity> = (0..3000).map(|i| entity(&format!("{round}-{i}"), "t", &[&big])).collect();
+            graph::create_entities(&tx, &entities).unwrap();
+            tx.commit().unwrap();
+        })
+    };
+    let wal_bytes = || std::fs::metadata(open::suffixed(&path, "-wal")).unwrap().len();
+    // The WAL's last frame: a checkpoint reports it (and copies, which does not matter
+    // here: it is the last thing each half asks).
+    let wal_frames =
+        || -> i64 { store.with_writer(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))).unwrap() };
+    // Another connection commits while the background checkpoint runs: it begins
+    // before the checkpoint and commits after it. (It stays open: closing it would
+    // checkpoint everything, and so would its automatic checkpoint.)
+    let other = Connection::open(&path).unwrap();
+    other.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    let commit_during_the_checkpoint = |name: &str| {
+        other.execute("BEGIN IMMEDIATE", []).unwrap();
+        other.execute("INSERT INTO entities (name, entity_type) VALUES (?1, 't')", [name]).unwrap();
+        store.checkpoint_in_background(); // outside a runtime it runs on this thread
+        other.execute("COMMIT", []).unwrap();
+    };
+
+    // Without the finishing step the next write appends to the long WAL.
+    fill(0);
+    assert!(wal_bytes() > 4096 * 4120, "a WAL past the finishing length: {} bytes", wal_bytes());
+    commit_during_the_checkpoint("outside-1");
+    assert!(store.upkeep.checkpoint_to_finish.swap(false, Ordering::SeqCst), "the combiner is asked to finish");
+    store.with_writer(|c| graph::create_entities(c, &[entity("appended", "t", &[])])).unwrap();
+    let appended = wal_frames();
+    assert!(appended > 4096, "the WAL went on: {appended} frames");
+
+    // With it (the combiner runs it before the write's batch) the write starts it over.
+    fill(1);
+    commit_during_the_checkpoint("outside-2");
+    assert!(store.upkeep.checkpoint_to_finish.load(Ordering::SeqCst));
+    store.write(|c| graph::create_entities(c, &[entity("started-over", "t", &[])])).unwrap();
+    assert!(!store.upkeep.checkpoint_to_finish.load(Ordering::SeqCst), "finished");
+    let frames = wal_frames();
+    assert!(frames < 100, "the WAL started over: {frames} frames");
+    let names = store.read(graph::read_graph).unwrap().entities.len();
+    assert_eq!(names, 2 * 3000 + 4, "nothing was lost on the way");
+}
