@@ -56,6 +56,12 @@ pub struct Args {
     /// Length of the soak run (`--only soak`) in seconds (default 600; 3 with --quick).
     #[arg(long)]
     pub soak_secs: Option<u64>,
+    /// Measure the memory-server, mcp-proxy and mcp-host in this directory instead of
+    /// building this tree's: the same harness on another build, e.g. before and after a
+    /// change (`git worktree add` the old commit, build it, point here at its
+    /// `target/release`). The report names the directory.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
     /// Profiling aid: instead of the suite, drive the daemon at this `/mcp` URL with the
     /// first `--only` workload for `--duration-ms` (with `--load-project`, `--load-entities`,
     /// `--load-clients`) and print the figures; e.g. while `perf record` watches it.
@@ -176,8 +182,21 @@ async fn run(args: Args) -> Result<(), String> {
     };
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let load_start = sys::loadavg();
-    eprintln!("bench: building the release binaries");
-    sys::build_release(&root)?;
+    // Another build's binaries: named in the report, since the git commit there is this tree's.
+    // Absolute, since the daemons are spawned with other working directories.
+    let bin_dir =
+        args.bin_dir.map(|d| std::fs::canonicalize(&d).map_err(|e| format!("--bin-dir {}: {e}", d.display())));
+    let bin_dir = bin_dir.transpose()?;
+    let other_build = bin_dir.as_ref().map(|d| d.display().to_string());
+    let release = match bin_dir {
+        Some(dir) if dir.join("memory-server").is_file() => dir,
+        Some(dir) => return Err(format!("--bin-dir {}: no memory-server there", dir.display())),
+        None => {
+            eprintln!("bench: building the release binaries");
+            sys::build_release(&root)?;
+            root.join("target").join("release")
+        }
+    };
     // Only the daemon workloads, the proxies and the team part run the Node originals.
     let npm = if daemon::WORKLOADS.iter().any(|w| s.runs(w)) || s.runs("proxy") || s.runs("team") {
         sys::ensure_node_originals(&root)?
@@ -187,7 +206,6 @@ async fn run(args: Args) -> Result<(), String> {
     let scratch = root.join("target").join("bench-scratch").join(std::process::id().to_string());
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
-    let release = root.join("target").join("release");
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(64)
@@ -235,6 +253,7 @@ async fn run(args: Args) -> Result<(), String> {
         secs: started.elapsed().as_secs_f64(),
         versions: vec![
             ("memory-server", sys::cmd_out(&ctx.memory_server.to_string_lossy(), &["--version"])),
+            ("binaries", other_build.unwrap_or_else(|| "built from this tree".into())),
             ("git commit", sys::cmd_out("git", &["-C", &root.to_string_lossy(), "rev-parse", "--short", "HEAD"])),
             ("rustc", sys::cmd_out("rustc", &["--version"])),
             ("node", sys::cmd_out(sys::NODE, &["--version"])),
