@@ -19,15 +19,20 @@ use super::{BUSY_TIMEOUT, GraphError, Store, StoreError, commit, graph};
 const INDEX_CHUNK_ROWS: usize = 128;
 
 /// Committed batches whose rows an idle moment waits for before indexing them: a piece
-/// of indexing has a fixed cost (an FTS5 segment, a commit), so pieces of a few rows
-/// each cost a quarter more CPU per write than pieces of a hundred.
-pub(super) const BATCHES_PER_IDLE_INDEX: u32 = 8;
+/// of indexing has a fixed cost (an FTS5 segment, a commit), and every segment it makes
+/// is merged again later, so small pieces cost CPU twice. With pieces every 8 batches
+/// (and 4-page merge steps) a C=8 create_entities load cost 169 µs of daemon CPU per
+/// write; every 32 (and 16-page steps) 139 µs, with a lower p50 and maximum and the
+/// same p99 (bench harness, interleaved runs, 2026-12-07).
+pub(super) const BATCHES_PER_IDLE_INDEX: u32 = 32;
 
 /// Pages of segment merging one idle step does at most (see
-/// `graph::merge_search_index_step`). A writer arriving during a step waits for it:
-/// under a C=8 write load steps of 16 pages took 1 ms at the median and 4 ms at p99,
-/// steps of 4 pages 0.6 and 1.7 ms.
-const MERGE_STEP_PAGES: u32 = 4;
+/// `graph::merge_search_index_step`). A writer arriving during a step waits for it
+/// (steps of 16 pages took 1 ms at the median and 4 ms at p99 under a C=8 write load,
+/// steps of 4 pages 0.6 and 1.7 ms), but each step also re-reads where the last one
+/// stopped: with 4-page steps (and pieces every 8 batches) merging took 1.7 times the
+/// CPU per write that FTS5's automatic merging had taken under the same load.
+const MERGE_STEP_PAGES: u32 = 16;
 
 /// Committed write batches without an idle moment after which the combiner queues a
 /// piece of indexing anyway (writers that never pause), so the rows waiting for the
